@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up a virtual environment in .venv.
+#   scripts/setup.sh          everything the tests need (Debian packages from .ci/apt.txt, all extras)
+#   scripts/setup.sh serve    only what the service needs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-test}
+
+if [ "$mode" = test ]; then
+  pkgs=$(grep -v '^#' .ci/apt.txt | tr '\n' ' ')
+  if [ -n "${pkgs// }" ]; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+  fi
+  extras="train,dev"
+else
+  extras=""
+fi
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch is pinned in the same command: a looser requirement would pull several GB of CUDA wheels.
+.venv/bin/python -m pip install -q torch==2.13.0 -e ".${extras:+[$extras]}"
