@@ -1,0 +1,1 @@
+"""The HEViTPose pose service: FastAPI app, detector, micro-batched pose worker, metrics."""

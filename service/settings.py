@@ -1,0 +1,52 @@
+"""The service's configuration: one typed settings object read from ``HEVITPOSE_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_WEIGHTS = PACKAGE_DIR.parent / "weights" / "hevitpose-b-synth"
+DEFAULT_DETECTOR = PACKAGE_DIR / "assets" / "nanodet-m-416-coco.onnx"
+
+DetectorMode = Literal["nanodet", "boxes", "whole_image"]
+
+
+class Settings(BaseSettings):
+    """Every field can be set as ``HEVITPOSE_<NAME>``; ``hevitpose serve`` flags override a few."""
+
+    model_config = SettingsConfigDict(env_prefix="HEVITPOSE_", extra="ignore", protected_namespaces=())
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    weights: Path = DEFAULT_WEIGHTS
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    threads: int = Field(0, ge=0)  # CPU threads of the pose backend; 0 = library default
+
+    max_batch_size: int = Field(32, ge=1, le=1024)  # crops per model call
+    max_wait_ms: float = Field(5.0, ge=0)  # how long the first crop waits for company
+    queue_size: int = Field(64, ge=1)  # images admitted and waiting for the pose worker
+    request_timeout_s: float = Field(10.0, gt=0)
+    cpu_workers: int = Field(2, ge=1)  # threads decoding, detecting and cropping
+
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)  # width * height of one image
+    max_persons: int = Field(100, ge=1)  # boxes per image
+    max_batch_images: int = Field(16, ge=1)  # images per /v1/predict/batch request
+
+    detector: DetectorMode = "nanodet"  # used when a request names no detector and sends no boxes
+    detector_path: Path = DEFAULT_DETECTOR
+    detector_score_threshold: float = Field(0.35, ge=0, le=1)
+    detector_nms_iou: float = Field(0.5, gt=0, le=1)
+    detector_threads: int = Field(0, ge=0)
+
+    flip_test: bool = False  # default for requests that do not say
+    bbox_padding: float = Field(1.25, gt=0)
+    render_keypoint_threshold: float = Field(0.3, ge=0, le=1)
+    warmup: bool = True
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
