@@ -1,0 +1,264 @@
+"""The service object behind the routes: loads the models, owns the pose worker, answers requests.
+
+A request flows: decode (thread pool) -> detect (thread pool) -> crop (thread pool on a
+CPU; the worker on a GPU) -> pose (the worker, batched with other requests) -> response.
+The event loop only awaits; it never decodes, detects or runs the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.runtime import RuntimeConfig
+from service import errors, imaging
+from service.batching import DeadlineExceeded, MicroBatcher, QueueFull, Stopped
+from service.detector import DetectorConfig, NanoDetPersonDetector, whole_image_box
+from service.metrics import ServiceMetrics
+from service.pipeline import PoseJob, PoseModel, PoseResult
+from service.schemas import PredictOptions, check_boxes_inside
+from service.settings import Settings
+
+log = logging.getLogger("service.engine")
+
+
+@dataclass
+class Prediction:
+    """One image's answer, before it becomes JSON or a picture."""
+
+    width: int
+    height: int
+    image: np.ndarray  # RGB, kept for /v1/render
+    bboxes: np.ndarray  # (N, 4)
+    bbox_scores: np.ndarray  # (N,)
+    keypoints: np.ndarray  # (N, K, 2)
+    scores: np.ndarray  # (N, K)
+    timings_ms: dict[str, float]
+
+
+class PoseService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.model: PoseModel | None = None
+        self.detector: NanoDetPersonDetector | None = None
+        self.batcher: MicroBatcher | None = None
+        self.ready = False
+        self.load_error: str | None = None
+        self.executor = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="cpu")
+        self._loader: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Load and warm up in the background, so /healthz answers while /readyz says 503."""
+        self._loader = threading.Thread(target=self._load, name="model-loader", daemon=True)
+        self._loader.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        if self._loader is not None:
+            self._loader.join(timeout)
+        return self.ready
+
+    def _load(self) -> None:
+        s = self.settings
+        try:
+            t0 = time.perf_counter()
+            runtime = RuntimeConfig(device=s.device, backend=s.backend, dtype=s.dtype, threads=s.threads)
+            self.model = PoseModel(s.weights, runtime, s.bbox_padding)
+            self.detector = NanoDetPersonDetector(
+                DetectorConfig(
+                    s.detector_path, s.detector_score_threshold, s.detector_nms_iou,
+                    use_cuda=self.model.device.type == "cuda", threads=s.detector_threads,
+                )  # fmt: skip
+            )
+            if s.warmup:
+                self.model.warmup(s.max_batch_size)
+                self.detector(np.zeros((64, 64, 3), np.uint8))
+            self.batcher = MicroBatcher(
+                self._run_batch, s.max_batch_size, s.max_wait_ms / 1000, s.queue_size, self.metrics
+            )
+            self.batcher.start()
+            m = self.model
+            self.metrics.model_info.labels(m.name, m.version, str(m.device), m.backend).set(1)
+            self.metrics.update_gpu_memory(m.device)
+            self.ready = True
+            log.info(
+                "model ready",
+                extra={"model": m.name, "device": str(m.device), "backend": m.backend, "dtype": m.dtype,
+                       "detector_providers": self.detector.providers, "load_s": round(time.perf_counter() - t0, 2)},
+            )  # fmt: skip
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model failed to load")
+
+    def stop(self) -> None:
+        self.ready = False
+        if self._loader is not None:
+            self._loader.join(60)
+        if self.batcher is not None:
+            self.batcher.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.model is not None:
+            self.model.close()
+
+    # ------------------------------------------------------------------ worker side
+
+    def _run_batch(self, jobs: list[PoseJob]) -> list[PoseResult]:
+        assert self.model is not None
+        results = self.model.run_jobs(jobs, self.settings.max_batch_size, self.metrics.batch_size.observe)
+        first = results[0]
+        stage = self.metrics.stage_duration
+        stage.labels("pose").observe(first.pose_s)
+        stage.labels("postprocess").observe(first.postprocess_s)
+        for result in results:
+            stage.labels("crop").observe(result.crop_s)
+        self.metrics.update_gpu_memory(self.model.device)
+        return results
+
+    # ------------------------------------------------------------------ request side
+
+    def check_ready(self) -> None:
+        if not self.ready:
+            raise errors.not_ready(f"the model failed to load: {self.load_error}" if self.load_error else
+                                   "the model is still loading")  # fmt: skip
+
+    async def _in_pool(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def _decode(self, data: bytes) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        image = imaging.decode(data, self.settings.max_pixels)
+        return image, time.perf_counter() - t0
+
+    def _boxes(self, image: np.ndarray, options: PredictOptions) -> tuple[np.ndarray, np.ndarray, float]:
+        t0 = time.perf_counter()
+        h, w = image.shape[:2]
+        if options.detector == "boxes":
+            assert options.boxes is not None
+            check_boxes_inside(options.boxes, w, h)
+            if len(options.boxes) > options.max_persons:
+                raise errors.invalid_field(f"boxes: {len(options.boxes)} boxes, max_persons is {options.max_persons}")
+            boxes, scores = options.boxes, np.ones(len(options.boxes))
+        elif options.detector == "whole_image":
+            boxes, scores = whole_image_box(w, h), np.ones(1)
+        else:
+            assert self.detector is not None
+            boxes, scores = self.detector(image, options.max_persons)
+        return np.asarray(boxes, np.float64), np.asarray(scores, np.float64), time.perf_counter() - t0
+
+    def _prepare(self, data: bytes, options: PredictOptions, deadline: float):
+        """Everything before the pose worker, in one thread-pool slot."""
+        image, decode_s = self._decode(data)
+        self.metrics.stage_duration.labels("decode").observe(decode_s)
+        boxes, box_scores, detect_s = self._boxes(image, options)
+        if options.detector == "nanodet":
+            self.metrics.stage_duration.labels("detect").observe(detect_s)
+        assert self.model is not None
+        job = self.model.prepare_job(image, boxes, options.flip_test, deadline) if len(boxes) else None
+        return image, boxes, box_scores, job, {"decode": decode_s, "detect": detect_s}
+
+    async def _prepare_nth(self, i: int, n: int, data: bytes, options: PredictOptions, deadline: float):
+        try:
+            return await self._in_pool(self._prepare, data, options, deadline)
+        except errors.Problem as exc:
+            if n > 1:
+                exc.detail = f"images[{i}]: {exc.detail}"
+            raise
+
+    async def predict_many(self, images: list[bytes], options: list[PredictOptions]) -> list[Prediction]:
+        """Predict several images as one unit of work: all answered, or one problem for all."""
+        self.check_ready()
+        assert self.batcher is not None and self.model is not None
+        start = time.perf_counter()
+        timeout = self.settings.request_timeout_s
+        deadline = time.monotonic() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                prepared = await asyncio.gather(
+                    *(self._prepare_nth(i, len(images), data, opts, deadline)
+                      for i, (data, opts) in enumerate(zip(images, options)))
+                )  # fmt: skip
+                jobs = [p[3] for p in prepared if p[3] is not None]
+                if jobs:
+                    try:
+                        self.batcher.submit(jobs)
+                    except QueueFull:
+                        raise errors.queue_full(self.batcher.retry_after_s()) from None
+                    self.metrics.queue_depth.set(self.batcher.depth)
+                    pose_results = await asyncio.gather(*(asyncio.wrap_future(j.future) for j in jobs))
+                else:
+                    pose_results = []
+        except TimeoutError:
+            raise errors.deadline(timeout) from None
+        except DeadlineExceeded:
+            raise errors.deadline(timeout) from None
+        except Stopped:
+            raise errors.not_ready("the service is shutting down") from None
+
+        out, results = [], iter(pose_results)
+        for (image, boxes, box_scores, job, t), opts in zip(prepared, options):
+            if job is None:
+                k = self.model.meta.num_keypoints
+                res = PoseResult(np.zeros((0, k, 2)), np.zeros((0, k)))
+            else:
+                res = next(results)
+            h, w = image.shape[:2]
+            pred = Prediction(w, h, image, boxes, box_scores, res.keypoints, res.scores, {})
+            pred = _filter(pred, opts.min_score)
+            self.metrics.persons_per_image.observe(len(pred.bboxes))
+            pred.timings_ms = {
+                "decode": t["decode"] * 1e3, "detect": t["detect"] * 1e3, "crop": res.crop_s * 1e3,
+                "queue": res.queue_s * 1e3, "pose": res.pose_s * 1e3, "postprocess": res.postprocess_s * 1e3,
+                "total": (time.perf_counter() - start) * 1e3,
+            }  # fmt: skip
+            out.append(pred)
+        return out
+
+    def to_json(self, pred: Prediction) -> dict:
+        assert self.model is not None
+        names = self.model.meta.keypoint_names
+        person_scores = pred.scores.mean(axis=1) if len(pred.scores) else np.zeros(0)
+        persons = [
+            {
+                "bbox": [round(float(v), 2) for v in pred.bboxes[i]],
+                "bbox_score": round(float(pred.bbox_scores[i]), 4),
+                "score": round(float(person_scores[i]), 4),
+                "keypoints": [
+                    {"name": names[k], "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
+                    for k, ((x, y), s) in enumerate(zip(pred.keypoints[i], pred.scores[i]))
+                ],
+            }
+            for i in range(len(pred.bboxes))
+        ]
+        return {
+            "image": {"width": pred.width, "height": pred.height},
+            "persons": persons,
+            "model": {"name": self.model.name, "version": self.model.version},
+            "timings_ms": {k: round(v, 3) for k, v in pred.timings_ms.items()},
+        }
+
+    def model_info(self) -> dict:
+        m = self.model
+        assert m is not None
+        return {
+            "name": m.name, "version": m.version, "params": m.num_params, "input_size": list(m.input_size),
+            "keypoint_names": list(m.meta.keypoint_names), "skeleton": [list(p) for p in m.meta.skeleton],
+            "weights_sha256": m.weights_sha256, "device": str(m.device), "backend": m.backend, "dtype": m.dtype,
+            "description": m.meta.description, "metrics": m.meta.metrics,
+        }  # fmt: skip
+
+
+def _filter(pred: Prediction, min_score: float) -> Prediction:
+    if min_score <= 0 or len(pred.bboxes) == 0:
+        return pred
+    keep = pred.scores.mean(axis=1) >= min_score
+    pred.bboxes, pred.bbox_scores = pred.bboxes[keep], pred.bbox_scores[keep]
+    pred.keypoints, pred.scores = pred.keypoints[keep], pred.scores[keep]
+    return pred
