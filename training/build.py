@@ -1,0 +1,95 @@
+"""From a recipe to datasets and metrics: the only place that knows COCO from MPII."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from model.codec import CodecConfig
+from training.config import AugmentConfig, TrainConfig
+from training.datasets import Instances, load_coco, load_mpii, require
+from training.evaluation import coco_keypoint_ap, coco_results, load_mpii_gt, mpii_pckh
+from training.transforms import TopDownDataset
+
+PRIMARY_METRIC = {"coco": "AP", "mpii": "PCKh"}
+
+
+def codec_config(cfg: TrainConfig) -> CodecConfig:
+    return CodecConfig(input_size=tuple(cfg.model.input_size), sigma=cfg.model.sigma, blur_kernel=cfg.eval.blur_kernel)
+
+
+def _path(cfg: TrainConfig, rel: str) -> Path:
+    return Path(cfg.data.root) / rel
+
+
+def load_instances(cfg: TrainConfig, split: str) -> Instances:
+    d = cfg.data
+    ann = _path(cfg, d.train_ann if split == "train" else d.val_ann)
+    images = _path(cfg, d.train_images if split == "train" else d.val_images)
+    if d.dataset == "mpii":
+        if split == "val":
+            require(_path(cfg, d.mpii_gt), "MPII ground truth")
+        return load_mpii(ann, images)
+    det = d.det_results if split == "val" and d.det_results else None
+    if det is not None and not Path(det).is_absolute():
+        det = str(_path(cfg, det))
+    aspect = cfg.model.input_size[0] / cfg.model.input_size[1]
+    return load_coco(ann, images, aspect, cfg.augment.bbox_padding, det, d.det_bbox_thr)
+
+
+def train_dataset(cfg: TrainConfig) -> TopDownDataset:
+    aug = cfg.augment
+    if not aug.upper_body_ids and aug.half_body_prob > 0:
+        from training.datasets import COCO_UPPER_BODY, MPII_UPPER_BODY
+
+        ids = COCO_UPPER_BODY if cfg.data.dataset == "coco" else MPII_UPPER_BODY
+        aug = AugmentConfig(**{**aug.__dict__, "upper_body_ids": ids})
+    return TopDownDataset(load_instances(cfg, "train"), codec_config(cfg), aug, train=True, seed=cfg.run.seed)
+
+
+def val_dataset(cfg: TrainConfig) -> TopDownDataset:
+    instances = load_instances(cfg, "val")
+    if cfg.run.max_val_samples and cfg.data.dataset == "coco":
+        # whole images only, so that COCOeval sees every person of the images it scores
+        keep_ids = list(dict.fromkeys(instances.image_ids.tolist()))[: cfg.run.max_val_samples]
+        rows = np.flatnonzero(np.isin(instances.image_ids, keep_ids))
+        instances = Instances(
+            [instances.image_paths[i] for i in rows],
+            instances.image_ids[rows],
+            instances.centers[rows],
+            instances.scales[rows],
+            instances.keypoints[rows],
+            instances.visible[rows],
+            instances.bbox_scores[rows],
+            instances.keypoint_set,
+            {**instances.meta, "image_ids": keep_ids},
+        )
+    return TopDownDataset(instances, codec_config(cfg), train=False)
+
+
+def evaluate(cfg: TrainConfig, dataset: TopDownDataset, pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """Metrics of predictions for every row of ``dataset`` (rows whose image failed are misses)."""
+    inst = dataset.instances
+    n, k = len(inst), inst.keypoint_set.num_keypoints
+    keypoints = np.zeros((n, k, 2))
+    scores = np.zeros((n, k))
+    valid = np.zeros(n, dtype=bool)
+    keypoints[pred["index"]] = pred["keypoints"]
+    scores[pred["index"]] = pred["scores"]
+    valid[pred["index"]] = pred["valid"]
+    if cfg.data.dataset == "mpii":
+        return mpii_pckh(keypoints, load_mpii_gt(_path(cfg, cfg.data.mpii_gt)))
+    results = coco_results(
+        inst.image_ids[valid],
+        keypoints[valid],
+        scores[valid],
+        inst.bbox_scores[valid],
+        np.prod(inst.scales[valid], axis=1),
+        use_nms=cfg.eval.use_nms,
+        oks_thr=cfg.eval.oks_thr,
+        vis_thr=cfg.eval.vis_thr,
+    )
+    ann = _path(cfg, cfg.data.val_ann)
+    image_ids = inst.meta.get("image_ids")
+    return coco_keypoint_ap(ann, results, image_ids=image_ids)

@@ -1,0 +1,239 @@
+"""The training recipe: a typed dataclass tree read from YAML, with dotted overrides.
+
+``load_config("configs/hevitpose_b_coco.yaml", ["optim.lr=5e-4", "run.precision=fp32"])``
+reads the file, applies each ``key=value`` (typed by the dataclass field it names) and
+checks the result; an unknown key or a value of the wrong type is an error naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from model import MODEL_NAMES
+
+
+@dataclass
+class ModelConfig:
+    name: str = "hevitpose-b"
+    input_size: tuple[int, int] = (256, 256)  # (width, height), multiples of 32
+    sigma: float = 2.0  # heatmap target Gaussian, heatmap pixels
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["coco", "mpii"] = "coco"
+    root: str = "data/coco"
+    # Paths below are relative to ``root``. A dataset written in COCO format under other
+    # names (e.g. by ``hevitpose synth``) only needs these four changed.
+    train_ann: str = "annotations/person_keypoints_train2017.json"
+    val_ann: str = "annotations/person_keypoints_val2017.json"
+    train_images: str = "images/train2017"
+    val_images: str = "images/val2017"
+    mpii_gt: str = "annotations/mpii_gt_val.mat"  # MPII only: the official ground truth
+    # COCO only: person detections for evaluation ("" = ground-truth boxes).
+    det_results: str = ""
+    det_bbox_thr: float = 0.0
+    workers: int = 8  # per process
+    pin_memory: bool = True
+
+
+@dataclass
+class AugmentConfig:
+    flip_prob: float = 0.5
+    half_body_prob: float = 0.0
+    half_body_min_joints: int = 8
+    upper_body_ids: tuple[int, ...] = ()
+    scale_factor: float = 0.5
+    rotation_factor: float = 40.0
+    rotation_prob: float = 0.6
+    center_shift_prob: float = 0.0
+    center_shift_factor: float = 0.16
+    bbox_padding: float = 1.25
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64  # total over all processes
+    epochs: int = 210
+    milestones: tuple[int, ...] = (170, 200)  # epochs where lr *= gamma
+    gamma: float = 0.1
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    grad_clip: float = 0.0  # 0 = none, as MMPose
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 10  # epochs between validations; the last epoch is always validated
+    batch_size: int = 64  # per process
+    flip_test: bool = True
+    shift_heatmap: bool = True
+    decode: Literal["dark", "argmax"] = "dark"
+    blur_kernel: int = 11
+    # COCO only, MMPose's rescoring and OKS-NMS on detected boxes.
+    use_nms: bool = True
+    oks_thr: float = 0.9
+    vis_thr: float = 0.2
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/{name}"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # AMP on CUDA; CPU runs fp32
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+    max_steps: int = 0  # stop (with a checkpoint) after this many optimiser steps; 0 = no limit
+    max_val_samples: int = 0  # 0 = the whole validation set
+    log_interval: int = 20
+    progress: bool = True
+    tensorboard: bool = True
+    plot: bool = True
+
+
+@dataclass
+class TrainConfig:
+    name: str = "hevitpose_b_coco"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run.out_dir.format(name=self.name))
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {list(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} does not fit {tp}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(prefix + k for k in unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``a.b=value`` strings into the raw YAML mapping; values are parsed as YAML scalars."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+    return raw
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    if cfg.model.name not in MODEL_NAMES:
+        raise ConfigError(f"model.name: {cfg.model.name!r} is not one of {list(MODEL_NAMES)}")
+    if any(s <= 0 or s % 32 for s in cfg.model.input_size):
+        raise ConfigError(f"model.input_size: {cfg.model.input_size} must be positive multiples of 32")
+    if cfg.optim.batch_size <= 0 or cfg.eval.batch_size <= 0:
+        raise ConfigError("batch sizes must be positive")
+    if cfg.optim.epochs <= 0:
+        raise ConfigError("optim.epochs must be positive")
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    return validate(_build(TrainConfig, raw))
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw.setdefault("name", path.stem)
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))

@@ -1,0 +1,393 @@
+"""The training loop: plain PyTorch, DistributedDataParallel under torchrun, AMP, resume.
+
+One process per device. ``torchrun --nproc_per_node=G`` sets RANK / WORLD_SIZE /
+LOCAL_RANK; without them the run is a single process. The recipe's batch size is the
+total over all processes, so a recipe gives the same optimisation on 1 GPU or 8.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from model import build_model
+from training import checkpoint as ckpt
+from training.build import PRIMARY_METRIC, evaluate, train_dataset, val_dataset
+from training.config import TrainConfig, to_dict
+from training.logger import MetricsLogger, plot_curves
+from training.predict import predict
+from training.schedule import build_scheduler
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def heatmap_loss(heatmaps: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """MMPose's ``JointsMSELoss(use_target_weight=True)``: MSE of weighted heatmaps, mean over all."""
+    w = weight[:, :, None, None]
+    return torch.mean((heatmaps.float() * w - target * w) ** 2)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def init_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def _worker_init(_: int) -> None:
+    # The loader's processes are the parallelism; OpenCV and torch threads inside them only fight.
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or cfg.run.precision == "fp32":
+        return None
+    return torch.bfloat16 if cfg.run.precision == "bf16" else torch.float16
+
+
+class Trainer:
+    """Builds everything from a recipe; :meth:`fit` trains, validates and checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg = cfg
+        self.device = pick_device(cfg.run.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.dist = init_distributed(self.device)
+        seed_everything(cfg.run.seed, cfg.run.deterministic)
+        self.out_dir = cfg.out_dir
+        if cfg.optim.batch_size % self.dist.world:
+            raise ValueError(f"optim.batch_size {cfg.optim.batch_size} is not divisible by {self.dist.world} processes")
+        self.batch_size = cfg.optim.batch_size // self.dist.world
+
+        self.train_set = train_dataset(cfg)
+        self.val_set = val_dataset(cfg)
+        self.keypoint_set = self.train_set.instances.keypoint_set
+        self.metric = PRIMARY_METRIC[cfg.data.dataset]
+
+        self.model = build_model(cfg.model.name, self.keypoint_set.num_keypoints).to(self.device)
+        if cfg.run.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.iters_per_epoch = math.ceil(math.ceil(len(self.train_set) / self.dist.world) / self.batch_size)
+        self.scheduler = build_scheduler(self.optimizer, self.iters_per_epoch, cfg.optim)
+        self.amp_dtype = autocast_dtype(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        self.epoch = 0  # the epoch in progress (0-based)
+        self.batch_in_epoch = 0  # batches of it already done
+        self.step = 0  # optimiser steps since the start
+        self.best: dict[str, Any] = {}
+        self.val_metrics: dict[str, float] = {}
+        self.skipped_images: set[str] = set()
+        if resume:
+            self.load(self.out_dir / "last.pt")
+
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.run.compile:
+            self.net = torch.compile(self.net)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "rng": ckpt.rng_state(),
+            "best": self.best,
+            "val_metrics": self.val_metrics,
+            "keypoint_set": self.keypoint_set.name,
+            "world_size": self.dist.world,
+        }
+
+    def save(self) -> Path | None:
+        if not self.dist.main:
+            return None
+        return ckpt.save_atomic(self.state(), self.out_dir / "last.pt")
+
+    def load(self, path: Path) -> None:
+        state = ckpt.load(path, self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        self.best, self.val_metrics = state["best"], state["val_metrics"]
+        ckpt.set_rng_state(state["rng"])
+        self.print(f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batch_in_epoch}, step {self.step}")
+
+    # ------------------------------------------------------------------ helpers
+
+    def print(self, *args: Any) -> None:
+        if self.dist.main:
+            print(*args, file=sys.stderr, flush=True)
+
+    def loader(self, dataset, indices: list[int], batch_size: int) -> DataLoader:
+        workers = self.cfg.data.workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=indices,
+            num_workers=workers,
+            pin_memory=self.cfg.data.pin_memory and self.device.type == "cuda",
+            worker_init_fn=_worker_init if workers else None,
+            prefetch_factor=4 if workers else None,
+        )
+
+    def train_indices(self, epoch: int) -> list[int]:
+        sampler = DistributedSampler(
+            self.train_set, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True, seed=self.cfg.run.seed
+        )
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    def all_mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.dist.enabled:
+            value = value.clone()
+            dist.all_reduce(value)
+            value /= self.dist.world
+        return value
+
+    def count_skipped(self, batch: dict, dataset) -> None:
+        bad = (~batch["valid"]).nonzero().flatten().tolist()
+        for i in bad:
+            self.skipped_images.add(dataset.instances.image_paths[int(batch["index"][i])])
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self) -> dict[str, float]:
+        cfg = self.cfg
+        indices = list(range(self.dist.rank, len(self.val_set), self.dist.world))
+        loader = self.loader(self.val_set, indices, cfg.eval.batch_size)
+        pred = predict(
+            self.model,
+            loader,
+            self.keypoint_set.flip_index,
+            cfg.eval,
+            self.device,
+            self.amp_dtype,
+            cfg.run.channels_last,
+        )
+        self.model.train()
+        if self.dist.enabled:
+            parts: list[Any] = [None] * self.dist.world
+            dist.all_gather_object(parts, pred)
+            pred = {key: np.concatenate([p[key] for p in parts]) for key in pred}
+        for i in np.flatnonzero(~pred["valid"]):
+            self.skipped_images.add(self.val_set.instances.image_paths[int(pred["index"][i])])
+        metrics = evaluate(cfg, self.val_set, pred) if self.dist.main else {}
+        if self.dist.enabled:
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        return metrics
+
+    # ------------------------------------------------------------------ training
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.dist.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        logger = MetricsLogger(self.out_dir, cfg.run.tensorboard) if self.dist.main else None
+        total_steps = cfg.optim.epochs * self.iters_per_epoch
+        if cfg.run.max_steps:
+            total_steps = min(total_steps, cfg.run.max_steps)
+        self.print(
+            f"{cfg.name}: {cfg.model.name} on {len(self.train_set)} train / {len(self.val_set)} val people, "
+            f"{self.dist.world} process(es) on {self.device}, batch {self.batch_size}/process, "
+            f"{self.iters_per_epoch} iterations/epoch"
+        )
+        run_start, start_step = time.perf_counter(), self.step
+        stopped = False
+        try:
+            while self.epoch < cfg.optim.epochs and not stopped:
+                stopped = self.train_epoch(logger, total_steps, run_start, start_step)
+                if stopped:
+                    break
+                last = self.epoch == cfg.optim.epochs - 1
+                improved = False
+                if (self.epoch + 1) % cfg.eval.interval == 0 or last:
+                    self.val_metrics = self.validate()
+                    self.print(f"epoch {self.epoch + 1} validation: {format_metrics(self.val_metrics)}")
+                    if logger:
+                        logger.log("val", self.step, self.epoch + 1, self.val_metrics)
+                    value = self.val_metrics.get(self.metric, float("nan"))
+                    improved = math.isfinite(value) and (not self.best or value > self.best["value"])
+                    if improved:
+                        self.best = {"metric": self.metric, "value": value, "epoch": self.epoch + 1}
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                path = self.save()
+                if improved and path is not None:
+                    ckpt.copy_atomic(path, self.out_dir / "best.pt")
+        finally:
+            if logger:
+                logger.close()
+        if self.skipped_images:
+            self.print(
+                f"{len(self.skipped_images)} image(s) could not be read and their people were skipped: "
+                + ", ".join(sorted(self.skipped_images)[:10])
+                + (" ..." if len(self.skipped_images) > 10 else "")
+            )
+        if self.dist.main and cfg.run.plot and not stopped:
+            plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png", self.metric)
+        return {"step": self.step, "epoch": self.epoch, "val": self.val_metrics, "best": self.best, "stopped": stopped}
+
+    def train_epoch(self, logger: MetricsLogger | None, total_steps: int, run_start: float, start_step: int) -> bool:
+        """One epoch from ``batch_in_epoch`` on; True when ``run.max_steps`` stopped it early."""
+        cfg = self.cfg
+        self.train_set.set_epoch(self.epoch)
+        indices = self.train_indices(self.epoch)[self.batch_in_epoch * self.batch_size :]
+        loader = self.loader(self.train_set, indices, self.batch_size)
+        self.model.train()
+        bar = None
+        if self.dist.main and cfg.run.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=self.iters_per_epoch,
+                initial=self.batch_in_epoch,
+                desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}",
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
+        amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        loss_sum = torch.zeros((), device=self.device)
+        window_steps, window_samples, window_start = 0, 0, time.perf_counter()
+        for batch in loader:
+            inputs = batch["input"].to(self.device, non_blocking=True)
+            if cfg.run.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            target = batch["target"].to(self.device, non_blocking=True)
+            weight = batch["target_weight"].to(self.device, non_blocking=True)
+            if not bool(batch["valid"].all()):
+                self.count_skipped(batch, self.train_set)
+            with amp:
+                heatmaps = self.net(inputs)
+            loss = heatmap_loss(heatmaps, target, weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.optim.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            self.batch_in_epoch += 1
+            loss_sum += loss.detach()
+            window_steps += 1
+            window_samples += inputs.shape[0] * self.dist.world
+            done = cfg.run.max_steps and self.step >= cfg.run.max_steps
+            end_of_epoch = self.batch_in_epoch >= self.iters_per_epoch
+            if window_steps >= cfg.run.log_interval or done or end_of_epoch:
+                # One sync per window: every rank reduces the same value, so all stop together.
+                mean_loss = float(self.all_mean(loss_sum / window_steps))
+                if not math.isfinite(mean_loss):
+                    raise NonFiniteLoss(
+                        f"loss became {mean_loss} between steps {self.step - window_steps + 1} and {self.step} "
+                        f"(epoch {self.epoch + 1}); stopping. The last good checkpoint is kept: "
+                        f"{self.out_dir / 'last.pt'} (epoch {self.epoch}, step {self.step - self.batch_in_epoch})"
+                    )
+                elapsed = time.perf_counter() - window_start
+                rate = window_samples / max(elapsed, 1e-9)
+                run_elapsed = time.perf_counter() - run_start
+                eta = run_elapsed / max(1, self.step - start_step) * max(0, total_steps - self.step)
+                if logger:
+                    logger.log("train", self.step, self.epoch + 1, {"loss": mean_loss, "lr": lr, "samples_per_s": rate})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.3e}", lr=f"{lr:.2e}", sps=f"{rate:.0f}", eta=format_seconds(eta))
+                loss_sum.zero_()
+                window_steps, window_samples, window_start = 0, 0, time.perf_counter()
+            if bar is not None:
+                bar.update(1)
+            if done:
+                if bar is not None:
+                    bar.close()
+                # At the end of an epoch this saves batch_in_epoch == iters_per_epoch: a resumed
+                # run then finds no batches left, validates and moves on, as this one would have.
+                self.save()
+                self.print(f"stopped at step {self.step} (run.max_steps); resume with --resume")
+                return True
+        if bar is not None:
+            bar.close()
+        return False
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+
