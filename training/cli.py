@@ -1,0 +1,184 @@
+"""``hevitpose train | eval | export``: each takes argv and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model import build_model
+from model.keypoints import KEYPOINT_SETS
+
+
+def _fail(command: str, message: str, code: int = 2) -> int:
+    print(f"hevitpose {command}: {message}", file=sys.stderr)
+    return code
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hevitpose train",
+        description="Train a model from a YAML recipe. Under torchrun, one process per GPU.",
+    )
+    parser.add_argument("config", help="YAML recipe, e.g. configs/hevitpose_b_coco.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value, e.g. optim.lr=5e-4 data.root=/data/coco")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    args = parser.parse_args(argv)
+
+    from training.config import ConfigError, load_config
+    from training.datasets import DatasetError
+    from training.engine import NonFiniteLoss, Trainer
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.resume and not (cfg.out_dir / "last.pt").is_file():
+            return _fail("train", f"--resume: no checkpoint at {cfg.out_dir / 'last.pt'}")
+        trainer = Trainer(cfg, resume=args.resume)
+    except (ConfigError, DatasetError) as exc:
+        return _fail("train", str(exc))
+    try:
+        result = trainer.fit()
+    except NonFiniteLoss as exc:
+        return _fail("train", str(exc), code=1)
+    except KeyboardInterrupt:
+        return _fail("train", f"interrupted; the last checkpoint is {cfg.out_dir / 'last.pt'} (use --resume)", 130)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if trainer.dist.main:
+        print(json.dumps({"out_dir": str(cfg.out_dir), **result}, default=str))
+    return 0
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A training checkpoint (``last.pt``/``best.pt``) or a serving bundle -> model (eval) and info."""
+    path = Path(path)
+    if path.suffix in (".json", ".safetensors"):
+        from model.bundle import load_bundle
+
+        model, meta = load_bundle(path)
+        return model, {"model": meta.model, "metrics": meta.metrics, "num_keypoints": meta.num_keypoints}
+    from training import checkpoint as ckpt
+
+    state = ckpt.load(path)
+    cfg = state["config"]
+    kset = KEYPOINT_SETS[state["keypoint_set"]]
+    model = build_model(cfg["model"]["name"], kset.num_keypoints)
+    model.load_state_dict(state["model"])
+    return model.eval(), {
+        "model": cfg["model"]["name"],
+        "config": cfg,
+        "keypoint_set": kset,
+        "metrics": state.get("val_metrics", {}),
+        "best": state.get("best", {}),
+        "epoch": state.get("epoch"),
+        "step": state.get("step"),
+    }
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def eval_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hevitpose eval", description="Evaluate a checkpoint on the recipe's validation set.")
+    parser.add_argument("config")
+    parser.add_argument("checkpoint", help="last.pt / best.pt, or a serving bundle (.json/.safetensors)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    parser.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None, help="default: the recipe's (on)")
+    parser.add_argument("--decode", choices=["dark", "argmax"], default=None, help="default: the recipe's (dark)")
+    parser.add_argument("--out", help="also write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+
+    from training.build import evaluate, val_dataset
+    from training.config import ConfigError, load_config
+    from training.datasets import DatasetError
+    from training.engine import autocast_dtype, pick_device
+    from training.predict import predict
+
+    overrides = list(args.overrides)
+    if args.flip_test is not None:
+        overrides.append(f"eval.flip_test={str(args.flip_test).lower()}")
+    if args.decode:
+        overrides.append(f"eval.decode={args.decode}")
+    try:
+        cfg = load_config(args.config, overrides)
+        dataset = val_dataset(cfg)
+        model, info = load_checkpoint_model(args.checkpoint)
+    except (ConfigError, DatasetError, FileNotFoundError) as exc:
+        return _fail("eval", str(exc))
+    kset = dataset.instances.keypoint_set
+    out_channels = model(torch.zeros(1, 3, 64, 64)).shape[1]
+    if out_channels != kset.num_keypoints:
+        return _fail("eval", f"checkpoint predicts {out_channels} keypoints; the {cfg.data.dataset} set has {kset.num_keypoints}")
+    device = pick_device(cfg.run.device)
+    model = model.to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers)
+    pred = predict(model, loader, kset.flip_index, cfg.eval, device, autocast_dtype(cfg, device), cfg.run.channels_last)
+    metrics = evaluate(cfg, dataset, pred)
+    skipped = int((~pred["valid"]).sum())
+    report = {"checkpoint": str(args.checkpoint), "flip_test": cfg.eval.flip_test, "decode": cfg.eval.decode,
+              "people": len(dataset), "skipped_unreadable": skipped, "metrics": metrics}  # fmt: skip
+    if skipped:
+        print(f"hevitpose eval: {skipped} people skipped: their image could not be read", file=sys.stderr)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hevitpose export", description="Write a serving bundle (safetensors + JSON) and an ONNX file."
+    )
+    parser.add_argument("checkpoint", help="a training checkpoint, e.g. runs/hevitpose_b_coco/best.pt")
+    parser.add_argument("out_dir")
+    parser.add_argument("--name", help="file name stem (default: the recipe's name)")
+    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    parser.add_argument("--no-onnx", action="store_true")
+    args = parser.parse_args(argv)
+
+    from model.bundle import BundleMeta, save_bundle
+    from model.onnx import check_onnx, export_onnx
+
+    try:
+        model, info = load_checkpoint_model(args.checkpoint)
+    except FileNotFoundError as exc:
+        return _fail("export", str(exc))
+    if "config" not in info:
+        return _fail("export", f"{args.checkpoint} is not a training checkpoint")
+    cfg = info["config"]
+    name = args.name or cfg["name"]
+    input_size = [int(v) for v in cfg["model"]["input_size"]]
+    metrics = dict(info["metrics"])
+    meta = BundleMeta.for_model(
+        info["model"],
+        info["keypoint_set"],
+        input_size=input_size,
+        metrics={"dataset": cfg["data"]["dataset"], "epoch": info["epoch"], "step": info["step"],
+                 "flip_test": cfg["eval"]["flip_test"], "decode": cfg["eval"]["decode"], **metrics},  # fmt: skip
+        description=f"{info['model']} trained with recipe {name} for {info['epoch']} epochs",
+    )
+    out_dir = Path(args.out_dir)
+    weights = save_bundle(model, meta, out_dir / name, dtype=getattr(torch, args.dtype))
+    written = {"weights": str(weights), "meta": str(weights.with_suffix(".json"))}
+    if not args.no_onnx:
+        onnx_path = export_onnx(model, out_dir / f"{name}.onnx", tuple(input_size))
+        written["onnx"] = str(onnx_path)
+        written["onnx_max_abs_diff"] = check_onnx(model, onnx_path, batch_sizes=(2,), input_size=tuple(input_size))
+    print(json.dumps(written))
+    return 0
