@@ -164,6 +164,11 @@ class PoseModel:
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
         keypoints, scores = decode_heatmaps(heatmaps, "dark")
+        # DARK's Taylor step is unbounded on flat or multi-peak heatmaps; a peak cannot lie
+        # outside the heatmap, so neither may the answer.
+        hh, ww = heatmaps.shape[-2:]
+        keypoints[..., 0].clamp_(0, ww - 1)
+        keypoints[..., 1].clamp_(0, hh - 1)
         inv = torch.from_numpy(invert_affine(np.concatenate([job.matrices for job in jobs]))).to(keypoints)
         keypoints = heatmap_to_image(keypoints, inv, self.stride).double().cpu().numpy()
         scores = scores.cpu().numpy()
