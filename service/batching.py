@@ -81,6 +81,17 @@ class MicroBatcher:
             self.metrics.queue_depth.set(len(self._queue))
             self._cond.notify_all()
 
+    def discard(self, jobs: list[PoseJob]) -> None:
+        """Take jobs nobody waits for any more (their request timed out) out of the queue."""
+        with self._cond:
+            for job in jobs:
+                try:
+                    self._queue.remove(job)
+                except ValueError:
+                    continue  # already taken by the worker, which skips cancelled futures
+                job.future.cancel()
+            self.metrics.queue_depth.set(len(self._queue))
+
     def retry_after_s(self) -> int:
         """A rough time for the queue to drain, for the Retry-After header (at least 1 s)."""
         return max(1, round(self.max_wait_s * len(self._queue)))

@@ -179,6 +179,7 @@ class PoseService:
         start = time.perf_counter()
         timeout = self.settings.request_timeout_s
         deadline = time.monotonic() + timeout
+        jobs: list[PoseJob] = []
         try:
             async with asyncio.timeout(timeout):
                 prepared = await asyncio.gather(
@@ -196,6 +197,7 @@ class PoseService:
                 else:
                     pose_results = []
         except TimeoutError:
+            self.batcher.discard(jobs)
             raise errors.deadline(timeout) from None
         except DeadlineExceeded:
             raise errors.deadline(timeout) from None

@@ -46,7 +46,7 @@ class PoseResult:
     postprocess_s: float = 0.0
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queue finds and removes jobs by ``is``
 class PoseJob:
     """One image's boxes on their way through the pose worker."""
 

@@ -1,0 +1,122 @@
+"""Overload, deadlines and readiness, against real servers configured to hit them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.app import create_app
+from service.cli import main as serve_main
+from service.settings import Settings
+from tests._service_util import ServerThread, encode, make_bundle, noise_image
+
+JPEG = encode(noise_image(96, 96), ".jpg")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("weights"))
+
+
+def rejections(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics").text
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == "hevitpose_rejections"]
+    return {s.labels["reason"]: s.value for s in family.samples if s.name.endswith("_total")}
+
+
+def test_queue_full_is_503_and_deadline_is_504(bundle):
+    # The worker waits up to 1.5 s for a batch of 64 crops, longer than the 1 s deadline; the
+    # queue holds two images. Of five one-box requests sent together, two are admitted and
+    # time out (504), three find the queue full (503 with Retry-After).
+    settings = Settings(weights=bundle, device="cpu", backend="torch", max_batch_size=64, max_wait_ms=1500,
+                        queue_size=2, request_timeout_s=1.0, max_persons=64, warmup=False)  # fmt: skip
+    server = ServerThread(settings).start()
+    try:
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as ac:
+                async def one():
+                    files = {"image": ("x.jpg", JPEG, "image/jpeg")}
+                    return await ac.post("/v1/predict", files=files, data={"boxes": "[[0, 0, 50, 90]]"})
+
+                return await asyncio.gather(*(one() for _ in range(5)))
+
+        responses = asyncio.run(burst())
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [503, 503, 503, 504, 504], [r.text for r in responses]
+        for r in responses:
+            assert r.headers["content-type"].startswith("application/problem+json")
+            body = r.json()
+            assert body["status"] == r.status_code
+            if r.status_code == 503:
+                assert body["type"].endswith(":queue_full") and int(r.headers["retry-after"]) >= 1
+            else:
+                assert body["type"].endswith(":deadline")
+        counts = rejections(server.url)
+        assert counts["queue_full"] == 3 and counts["deadline"] == 2
+
+        # A full batch does not wait: 64 boxes in one image go straight through, and the
+        # timed-out jobs left in the queue were skipped, not run for nobody.
+        boxes = [[i, 0, i + 30, 90] for i in range(64)]
+        files = {"image": ("x.jpg", JPEG, "image/jpeg")}
+        r = httpx.post(server.url + "/v1/predict", files=files, data={"boxes": json.dumps(boxes)}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["persons"]) == 64
+        text = httpx.get(server.url + "/metrics").text
+        (batch,) = [f for f in text_string_to_metric_families(text) if f.name == "hevitpose_batch_size"]
+        counts = {s.name: s.value for s in batch.samples if s.name.endswith(("_count", "_sum"))}
+        assert counts == {"hevitpose_batch_size_count": 1.0, "hevitpose_batch_size_sum": 64.0}
+        assert httpx.get(server.url + "/healthz").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_not_ready_until_loaded(bundle):
+    # The app before its lifespan ran: alive, not ready, and requests get 503 rather than a crash.
+    app = create_app(Settings(weights=bundle, device="cpu"))
+
+    async def probe():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
+            files = {"image": ("x.jpg", JPEG, "image/jpeg")}
+            return (await ac.get("/healthz"), await ac.get("/readyz"), await ac.post("/v1/predict", files=files),
+                    await ac.get("/v1/models"))  # fmt: skip
+
+    health, ready, predict, models = asyncio.run(probe())
+    assert health.status_code == 200
+    for r in (ready, predict, models):
+        assert r.status_code == 503 and r.json()["type"].endswith(":not_ready")
+        assert r.headers["retry-after"] == "1"
+
+
+def test_broken_weights_keep_the_service_unready(tmp_path):
+    (tmp_path / "bad.json").write_text('{"model": "hevitpose-t", "keypoint_names": ["a"], "skeleton": [], '
+                                       '"flip_pairs": [], "input_size": [64, 96]}')  # fmt: skip
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    app = create_app(Settings(weights=tmp_path / "bad", device="cpu"))
+    service = app.state.service
+    service.start()
+    assert service.wait_ready(60) is False
+    assert service.load_error
+    service.stop()
+
+
+def test_serve_refuses_missing_weights(tmp_path, capsys):
+    assert serve_main(["--weights", str(tmp_path / "nothing"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "model weights not found" in err and "HEVITPOSE_WEIGHTS" in err
+
+
+def test_settings_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("HEVITPOSE_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("HEVITPOSE_DETECTOR_SCORE_THRESHOLD", "0.5")
+    monkeypatch.setenv("HEVITPOSE_WEIGHTS", str(tmp_path / "w"))
+    s = Settings()
+    assert s.max_batch_size == 7 and s.detector_score_threshold == 0.5 and s.weights == tmp_path / "w"
+    monkeypatch.setenv("HEVITPOSE_QUEUE_SIZE", "0")
+    with pytest.raises(ValueError):
+        Settings()
