@@ -33,7 +33,7 @@ def _draw(image: np.ndarray, kps: np.ndarray, skeleton) -> None:
         cv2.line(image, tuple(int(v) for v in kps[a]), tuple(int(v) for v in kps[b]), (200, 200, 200), 2)
     for j, (x, y) in enumerate(kps):
         color = tuple(int(c) for c in np.random.default_rng(j).integers(40, 255, 3))
-        cv2.circle(image, (int(x), int(y)), 3, color, -1)
+        cv2.circle(image, (int(round(x)), int(round(y))), 4, color, -1)
 
 
 def _person(rng: np.random.Generator, pose: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,134 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model.codec import IMAGENET_MEAN, IMAGENET_STD, decode_heatmaps
+from model.keypoints import COCO17
+from training.build import train_dataset, val_dataset
+from training.config import config_from_dict
+from training.datasets import DatasetError, load_coco, load_mpii
+
+from _training_data import make_coco, make_mpii
+
+
+def _cfg(root, dataset="coco", input_size=(64, 64), **data):
+    base = {"dataset": dataset, "root": str(root), "workers": 0}
+    if dataset == "mpii":
+        base.update(train_ann="annotations/mpii_train.json", val_ann="annotations/mpii_val.json",
+                    train_images="images", val_images="images")  # fmt: skip
+    base.update(data)
+    return config_from_dict({"model": {"name": "hevitpose-t", "input_size": list(input_size)}, "data": base})
+
+
+def test_coco_format_under_other_names_reads_through_the_same_code(tmp_path):
+    root = make_coco(tmp_path / "synth", n_train=3, n_val=2, names=("train", "val"))
+    cfg = _cfg(root, train_ann="annotations/person_keypoints_train.json", val_ann="annotations/person_keypoints_val.json",
+               train_images="images/train", val_images="images/val")  # fmt: skip
+    train, val = train_dataset(cfg), val_dataset(cfg)
+    assert len(train) == 3 and len(val) == 2
+    sample = train[0]
+    assert sample["input"].shape == (3, 64, 64) and sample["target"].shape == (17, 16, 16)
+    assert sample["valid"] and sample["target_weight"].sum() > 0
+
+
+def test_incomplete_dataset_names_the_missing_file(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=1, n_val=1)
+    (root / "annotations" / "person_keypoints_val2017.json").unlink()
+    with pytest.raises(DatasetError, match="person_keypoints_val2017.json"):
+        val_dataset(_cfg(root))
+    with pytest.raises(DatasetError, match="images/nope"):
+        train_dataset(_cfg(root, train_images="images/nope"))
+    mpii = make_mpii(tmp_path / "mpii", n_train=1, n_val=1)
+    (mpii / "annotations" / "mpii_gt_val.mat").unlink()
+    with pytest.raises(DatasetError, match="mpii_gt_val.mat"):
+        val_dataset(_cfg(mpii, "mpii"))
+
+
+def test_unreadable_images_give_invalid_zero_weight_samples(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=3, n_val=1)
+    train = train_dataset(_cfg(root))
+    (tmp_path / "coco" / "images" / "train2017" / "000000000001.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "coco" / "images" / "train2017" / "000000000002.jpg").unlink()
+    bad = [train[i] for i in range(2)]
+    assert all(not s["valid"] and s["target_weight"].sum() == 0 and s["input"].abs().sum() == 0 for s in bad)
+    assert train[2]["valid"]
+
+
+def test_mpii_center_scale_follow_mmpose(tmp_path):
+    root = make_mpii(tmp_path / "mpii", n_train=2, n_val=1)
+    rec = json.loads((root / "annotations" / "mpii_train.json").read_text())[0]
+    inst = load_mpii(root / "annotations" / "mpii_train.json", root / "images")
+    s = rec["scale"]
+    np.testing.assert_allclose(inst.centers[0], [rec["center"][0] - 1, rec["center"][1] + 15 * s - 1])
+    np.testing.assert_allclose(inst.scales[0], [s * 1.25 * 200] * 2)
+    np.testing.assert_allclose(inst.keypoints[0], np.array(rec["joints"]) - 1)
+
+
+def test_coco_detections_are_filtered_by_category_and_score(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=1, n_val=2)
+    dets = [
+        {"image_id": 1001, "category_id": 1, "bbox": [10, 20, 40, 80], "score": 0.9},
+        {"image_id": 1001, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.05},
+        {"image_id": 1002, "category_id": 2, "bbox": [0, 0, 50, 50], "score": 0.99},
+    ]
+    det_file = root / "dets.json"
+    det_file.write_text(json.dumps(dets))
+    inst = load_coco(root / "annotations" / "person_keypoints_val2017.json", root / "images" / "val2017",
+                     aspect_ratio=0.75, det_results=det_file, det_bbox_thr=0.1)  # fmt: skip
+    assert len(inst) == 1 and inst.bbox_scores[0] == 0.9
+    np.testing.assert_allclose(inst.centers[0], [30, 60])
+    np.testing.assert_allclose(inst.scales[0], [60 * 1.25, 80 * 1.25])  # widened to 3:4, padded
+
+
+def _rgb_at(sample, x, y):
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+    pixels = sample["input"] * std + mean
+    return pixels[:, int(round(y)), int(round(x))].numpy()
+
+
+def _joint_rgb(j):
+    bgr = np.random.default_rng(j).integers(40, 255, 3)  # as _training_data._draw
+    return bgr[::-1].astype(float)
+
+
+def test_augmented_crops_agree_with_their_targets(tmp_path):
+    """Each joint is drawn in its own colour; after flip, half-body, scale and rotation, the
+    crop's pixel under target j's peak must have the colour of the joint drawn there: j
+    itself, or in a mirrored crop its partner (the new left shoulder is the old right one).
+    The other colour would mean the flip pairs or the affine are wrong."""
+    root = make_coco(tmp_path / "coco", n_train=6, n_val=1, size=160)
+    train = train_dataset(_cfg(root, input_size=(128, 128)))
+    flips = set()
+    checked = 0
+    flip_index = COCO17.flip_index
+    for epoch in range(3):
+        train.set_epoch(epoch)
+        for i in range(len(train)):
+            s = train[i]
+            flips.add(s["flipped"])
+            kps, _ = decode_heatmaps(s["target"][None], "dark")
+            kps = kps[0] * 4
+            for j in range(5, 17):  # shoulders to ankles: far enough apart to not overlap
+                x, y = kps[j].tolist()
+                if s["target_weight"][j] == 0 or not (2 <= x <= 125 and 2 <= y <= 125):
+                    continue
+                color = _rgb_at(s, x, y)
+                drawn, other = (flip_index[j], j) if s["flipped"] else (j, flip_index[j])
+                own = np.abs(color - _joint_rgb(drawn)).max()
+                partner = np.abs(color - _joint_rgb(other)).max()
+                assert own < 60 and own < partner, (epoch, i, j, color)
+                checked += 1
+    assert flips == {True, False}
+    assert checked > 100
+
+
+def test_samples_are_reproducible_per_epoch_and_index(tmp_path):
+    root = make_coco(tmp_path / "coco", n_train=2, n_val=1)
+    a, b = train_dataset(_cfg(root)), train_dataset(_cfg(root))
+    a.set_epoch(3), b.set_epoch(3)
+    assert torch.equal(a[1]["input"], b[1]["input"])
+    b.set_epoch(4)
+    assert not torch.equal(a[1]["input"], b[1]["input"])
