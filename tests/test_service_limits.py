@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -120,3 +121,9 @@ def test_settings_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("HEVITPOSE_QUEUE_SIZE", "0")
     with pytest.raises(ValueError):
         Settings()
+
+
+def test_every_setting_is_documented():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`HEVITPOSE_{name.upper()}`" in docs, name

@@ -179,3 +179,26 @@ def test_batcher_reports_a_failed_batch_to_each_job():
         with pytest.raises(RuntimeError, match="exploded"):
             job.future.result(timeout=10)
     batcher.stop()
+
+
+# ---------------------------------------------------------------------------- pipeline
+
+
+def test_device_crops_match_opencv_crops(tmp_path):
+    """The GPU path (warp_crops_torch in the worker) gives the CPU path's keypoints; run here on the CPU."""
+    from model.runtime import RuntimeConfig
+    from service.pipeline import PoseModel
+    from tests._service_util import make_bundle
+
+    pose = PoseModel(make_bundle(tmp_path), RuntimeConfig(device="cpu", backend="torch"))
+    image = noise_image(120, 90, seed=4)
+    boxes = np.array([[10, 5, 60, 85], [50, 20, 118, 70]], np.float64)
+    cpu_job = pose.prepare_job(image, boxes, flip_test=False, deadline=time.monotonic() + 10)
+    (cpu,) = pose.run_jobs([cpu_job], max_batch_size=8)
+    pose.crop_on_device = True
+    dev_job = pose.prepare_job(image, boxes, flip_test=False, deadline=time.monotonic() + 10)
+    assert dev_job.inputs is None
+    (dev,) = pose.run_jobs([dev_job], max_batch_size=8)
+    # bilinear sampling differs by rounding only: the same heatmap peaks
+    assert np.mean(np.linalg.norm(cpu.keypoints - dev.keypoints, axis=-1) < 1.0) > 0.9
+    assert cpu.keypoints.shape == (2, 17, 2)
