@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import errors, imaging, render
 from service.engine import PoseService
 from service.logs import request_id_var
+from service.metrics import ENDPOINTS
 from service.schemas import (
     PROBLEM_RESPONSES,
     BatchResponse,
@@ -85,14 +86,15 @@ class ServiceMiddleware:
         try:
             problem = self._precheck(scope, headers, limit)
             if problem is not None:
-                self.service.metrics.rejections.labels(problem.reason).inc()
+                self.service.count_rejection(problem)
                 await errors.problem_response(problem, request_id)(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive_counted, send_with_id)
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "other"
+            # Refusals sent before routing (413, 415 here) still count under their endpoint.
+            endpoint = getattr(route, "path", None) or (scope["path"] if scope["path"] in ENDPOINTS else "other")
             metrics = self.service.metrics
             metrics.requests.labels(endpoint, str(status)).inc()
             metrics.request_duration.labels(endpoint).observe(elapsed)
@@ -150,7 +152,7 @@ def create_app(settings: Settings | None = None, service: PoseService | None = N
     )
     app.state.service = service
     app.add_middleware(ServiceMiddleware, service=service)
-    errors.install_handlers(app, lambda p: service.metrics.rejections.labels(p.reason).inc())
+    errors.install_handlers(app, service.count_rejection)
 
     def options_for(
         boxes, detector: DetectorMode | None, flip_test, min_score: float, max_persons

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ class MicroBatcher:
         self._queue: collections.deque[PoseJob] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._seconds_per_image = max_wait_s  # moving average of batch time / images, updated by the worker
         self._thread = threading.Thread(target=self._loop, name="pose-worker", daemon=True)
 
     def start(self) -> None:
@@ -93,8 +95,8 @@ class MicroBatcher:
             self.metrics.queue_depth.set(len(self._queue))
 
     def retry_after_s(self) -> int:
-        """A rough time for the queue to drain, for the Retry-After header (at least 1 s)."""
-        return max(1, round(self.max_wait_s * len(self._queue)))
+        """Time for the queue to drain at the recent pace, for the Retry-After header (1 to 60 s)."""
+        return int(min(60, max(1, math.ceil(len(self._queue) * self._seconds_per_image))))
 
     def _take_batch(self) -> list[PoseJob] | None:
         with self._cond:
@@ -134,8 +136,10 @@ class MicroBatcher:
                 live.append(job)
             if not live:
                 continue
+            started = time.monotonic()
             try:
                 results = self.run_batch(live)
+                self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * (time.monotonic() - started) / len(live)
             except Exception as exc:  # the batch failed: every job in it hears about it
                 log.exception("pose batch of %d images failed", len(live))
                 for job in live:

@@ -124,6 +124,10 @@ class PoseService:
 
     # ------------------------------------------------------------------ request side
 
+    def count_rejection(self, problem: errors.Problem) -> None:
+        self.metrics.rejections.labels(problem.reason).inc()
+        log.info("refused", extra={"status": problem.status, "reason": problem.reason, "detail": problem.detail})
+
     def check_ready(self) -> None:
         if not self.ready:
             raise errors.not_ready(f"the model failed to load: {self.load_error}" if self.load_error else

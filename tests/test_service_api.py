@@ -354,6 +354,9 @@ def test_metrics_scrape(client):
 
     assert value("hevitpose_requests", "_total", endpoint="/v1/predict", status="200") >= 40
     assert value("hevitpose_requests", "_total", endpoint="/v1/predict", status="400") >= 1
+    assert value("hevitpose_requests", "_total", endpoint="/v1/predict", status="413") >= 1  # refused before routing
+    assert value("hevitpose_requests", "_total", endpoint="/v1/predict", status="415") >= 1
+    assert value("hevitpose_requests", "_total", endpoint="other", status="404") >= 1
     assert value("hevitpose_request_duration_seconds", "_count", endpoint="/v1/predict") >= 40
     for reason in ("invalid_image", "unsupported_media_type", "too_large", "invalid_field"):
         assert value("hevitpose_rejections", "_total", reason=reason) >= 1, reason

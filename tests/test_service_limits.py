@@ -30,11 +30,11 @@ def rejections(url: str) -> dict[str, float]:
 
 
 def test_queue_full_is_503_and_deadline_is_504(bundle):
-    # The worker waits up to 1.5 s for a batch of 64 crops, longer than the 1 s deadline; the
+    # The worker waits up to 4 s for a batch of 16 crops, longer than the 2 s deadline; the
     # queue holds two images. Of five one-box requests sent together, two are admitted and
     # time out (504), three find the queue full (503 with Retry-After).
-    settings = Settings(weights=bundle, device="cpu", backend="torch", max_batch_size=64, max_wait_ms=1500,
-                        queue_size=2, request_timeout_s=1.0, max_persons=64, warmup=False)  # fmt: skip
+    settings = Settings(weights=bundle, device="cpu", backend="torch", max_batch_size=16, max_wait_ms=4000,
+                        queue_size=2, request_timeout_s=2.0, max_persons=16)  # fmt: skip
     server = ServerThread(settings).start()
     try:
 
@@ -60,17 +60,17 @@ def test_queue_full_is_503_and_deadline_is_504(bundle):
         counts = rejections(server.url)
         assert counts["queue_full"] == 3 and counts["deadline"] == 2
 
-        # A full batch does not wait: 64 boxes in one image go straight through, and the
+        # A full batch does not wait: 16 boxes in one image go straight through, and the
         # timed-out jobs left in the queue were skipped, not run for nobody.
-        boxes = [[i, 0, i + 30, 90] for i in range(64)]
+        boxes = [[i, 0, i + 30, 90] for i in range(16)]
         files = {"image": ("x.jpg", JPEG, "image/jpeg")}
         r = httpx.post(server.url + "/v1/predict", files=files, data={"boxes": json.dumps(boxes)}, timeout=30)
         assert r.status_code == 200, r.text
-        assert len(r.json()["persons"]) == 64
+        assert len(r.json()["persons"]) == 16
         text = httpx.get(server.url + "/metrics").text
         (batch,) = [f for f in text_string_to_metric_families(text) if f.name == "hevitpose_batch_size"]
         counts = {s.name: s.value for s in batch.samples if s.name.endswith(("_count", "_sum"))}
-        assert counts == {"hevitpose_batch_size_count": 1.0, "hevitpose_batch_size_sum": 64.0}
+        assert counts == {"hevitpose_batch_size_count": 1.0, "hevitpose_batch_size_sum": 16.0}
         assert httpx.get(server.url + "/healthz").status_code == 200
     finally:
         server.stop()

@@ -202,3 +202,20 @@ def test_device_crops_match_opencv_crops(tmp_path):
     # bilinear sampling differs by rounding only: the same heatmap peaks
     assert np.mean(np.linalg.norm(cpu.keypoints - dev.keypoints, axis=-1) < 1.0) > 0.9
     assert cpu.keypoints.shape == (2, 17, 2)
+
+
+def test_json_logs_carry_the_request_id():
+    import json
+    import logging
+
+    from service.logs import JsonFormatter, request_id_var
+
+    record = logging.LogRecord("service.access", logging.INFO, __file__, 1, "request", (), None)
+    record.status = 413
+    token = request_id_var.set("req-42")
+    try:
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        request_id_var.reset(token)
+    assert line["request_id"] == "req-42" and line["status"] == 413 and line["msg"] == "request"
+    assert line["level"] == "INFO" and line["ts"].endswith("Z")
