@@ -1,0 +1,216 @@
+"""Render a dataset: images in parallel worker processes, COCO JSON files written at the end.
+
+Image i is drawn from its own random stream, seeded by (seed, i), so a dataset does not
+depend on the number of workers, and any image can be re-rendered on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from model.keypoints import COCO17
+
+from .scene import SceneSettings
+
+
+@dataclass
+class SynthConfig:
+    out_dir: str
+    num: int
+    seed: int = 0
+    workers: int = 1
+    val_fraction: float = 0.1
+    jpeg_quality: tuple[int, int] = (45, 95)
+    scene: SceneSettings = field(default_factory=SceneSettings)
+
+
+@dataclass
+class ImageResult:
+    index: int
+    split: str
+    file_name: str
+    width: int
+    height: int
+    annotations: list[dict]
+    activities: list[str]
+
+
+def split_of(index: int, val_fraction: float) -> str:
+    """Every 1/val_fraction-th image goes to val, spread evenly over the indices."""
+    return "val" if np.floor((index + 1) * val_fraction) > np.floor(index * val_fraction) else "train"
+
+
+def image_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, index]))
+
+
+class ImageGenerator:
+    """Everything one process needs to render images: the body model, a GL context, backgrounds."""
+
+    def __init__(self, cfg: SynthConfig) -> None:
+        import torch
+
+        from .appearance import Backgrounds
+        from .body import BodyModel
+        from .render import Renderer
+
+        torch.set_num_threads(1)
+        self.cfg = cfg
+        self.model = BodyModel()
+        self.renderer = Renderer(cfg.scene.width, cfg.scene.height)
+        self.backgrounds = Backgrounds()
+
+    def render(self, index: int) -> tuple[ImageResult, np.ndarray, np.ndarray]:
+        """(annotations, RGB uint8 image, instance map) of image index."""
+        from .annotate import coco_annotations
+        from .appearance import camera_effects
+        from .scene import sample_scene
+
+        cfg = self.cfg
+        rng = image_rng(cfg.seed, index)
+        spec, persons = sample_scene(self.model, rng, cfg.scene)
+        rendering = self.renderer.render(spec)
+        h, w = rendering.depth.shape
+        background = self.backgrounds.sample(h, w, rng)
+        # Without multisampling, silhouettes would be jagged: their edge pixels blend a little
+        # background in instead.
+        drawn = (rendering.instance > 0).astype(np.float32)
+        alpha = (drawn * cv2.GaussianBlur(drawn, (3, 3), 0.8))[..., None]
+        image = alpha * (rendering.color.astype(np.float32) / 255.0) + (1 - alpha) * background
+        image = camera_effects(image, rng)
+        annotations = coco_annotations(persons, spec.camera, rendering, self.model)
+        split = split_of(index, cfg.val_fraction)
+        result = ImageResult(
+            index=index,
+            split=split,
+            file_name=f"{index:08d}.jpg",
+            width=w,
+            height=h,
+            annotations=annotations,
+            activities=[p.activity for p in persons],
+        )
+        return result, image, rendering.instance
+
+    def write(self, index: int) -> ImageResult:
+        result, image, _ = self.render(index)
+        rng = image_rng(self.cfg.seed, index + (1 << 40))  # its own stream: JPEG quality only
+        quality = int(rng.integers(self.cfg.jpeg_quality[0], self.cfg.jpeg_quality[1] + 1))
+        path = Path(self.cfg.out_dir) / "images" / result.split / result.file_name
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise RuntimeError(f"JPEG encoding failed for image {index}")
+        path.write_bytes(buf.tobytes())
+        return result
+
+
+_worker: ImageGenerator | None = None
+
+
+def _init_worker(cfg: SynthConfig) -> None:
+    global _worker
+    # One Mesa rasteriser thread per worker: the workers already fill the cores.
+    _worker = ImageGenerator(cfg)
+
+
+def _write_one(index: int) -> ImageResult:
+    assert _worker is not None
+    return _worker.write(index)
+
+
+def categories() -> list[dict]:
+    return [
+        {
+            "id": 1,
+            "name": "person",
+            "supercategory": "person",
+            "keypoints": list(COCO17.names),
+            # COCO numbers keypoints from 1 in its skeleton.
+            "skeleton": [[a + 1, b + 1] for a, b in COCO17.skeleton],
+        }
+    ]
+
+
+def coco_json(results: list[ImageResult], split: str, cfg: SynthConfig) -> dict:
+    images, annotations = [], []
+    for r in sorted(results, key=lambda r: r.index):
+        if r.split != split:
+            continue
+        image_id = r.index + 1
+        images.append({"id": image_id, "file_name": r.file_name, "width": r.width, "height": r.height})
+        for ann in r.annotations:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "workers")}
+    return {
+        "info": {
+            "description": "HEViTPose synthetic people, rendered from the Anny body model (hevitpose synth)",
+            "version": "1",
+            "settings": settings,
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": categories(),
+    }
+
+
+def generate(cfg: SynthConfig, log=print) -> dict:
+    """Render cfg.num images into cfg.out_dir; returns a summary with the measured speed."""
+    out = Path(cfg.out_dir)
+    for split in ("train", "val"):
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+
+    start = time.perf_counter()
+    results: list[ImageResult] = []
+    report_every = max(1, min(500, cfg.num // 20))
+    if cfg.workers <= 1:
+        _init_worker(cfg)
+        setup_s = time.perf_counter() - start
+        loop_start = time.perf_counter()
+        for i in range(cfg.num):
+            results.append(_write_one(i))
+            if (i + 1) % report_every == 0:
+                log(f"{i + 1}/{cfg.num} images, {(i + 1) / (time.perf_counter() - loop_start):.1f} images/s")
+    else:
+        # Spawned, not forked: an OpenGL context and torch's thread pool do not survive a fork.
+        env_threads = os.environ.get("LP_NUM_THREADS")
+        os.environ.setdefault("LP_NUM_THREADS", "0")
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+            setup_s = 0.0
+            loop_start = time.perf_counter()
+            for i, result in enumerate(pool.imap_unordered(_write_one, range(cfg.num), chunksize=4)):
+                results.append(result)
+                if (i + 1) % report_every == 0:
+                    log(f"{i + 1}/{cfg.num} images, {(i + 1) / (time.perf_counter() - loop_start):.1f} images/s")
+        if env_threads is None:
+            os.environ.pop("LP_NUM_THREADS", None)
+    elapsed = time.perf_counter() - loop_start
+
+    counts = {}
+    for split in ("train", "val"):
+        data = coco_json(results, split, cfg)
+        with open(out / "annotations" / f"person_keypoints_{split}.json", "w") as f:
+            json.dump(data, f)
+        counts[split] = (len(data["images"]), len(data["annotations"]))
+    summary = {
+        "images": cfg.num,
+        "train_images": counts["train"][0],
+        "train_people": counts["train"][1],
+        "val_images": counts["val"][0],
+        "val_people": counts["val"][1],
+        "workers": cfg.workers,
+        "setup_s": round(setup_s, 2),
+        "seconds": round(elapsed, 2),
+        "images_per_s": round(cfg.num / max(elapsed, 1e-9), 2),
+        "images_per_s_per_worker": round(cfg.num / max(elapsed, 1e-9) / max(cfg.workers, 1), 2),
+    }
+    return summary

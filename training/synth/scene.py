@@ -1,0 +1,167 @@
+"""A random scene: people on a ground plane, occluders, lights and a camera that frames them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .appearance import body_colors, random_color, to_linear
+from .body import BodyModel, PosedBody, sample_phenotype
+from .poses import sample_pose
+from .render import Camera, Light, MeshSpec, SceneSpec, look_at
+
+
+@dataclass
+class SceneSettings:
+    width: int = 320
+    height: int = 320
+    max_people: int = 4
+    fov_deg: tuple[float, float] = (30.0, 70.0)
+    # Height of the main person as a fraction of the image height; beyond 1 means cut off.
+    person_scale: tuple[float, float] = (0.3, 0.95)
+    close_up_probability: float = 0.15
+    occluder_probability: float = 0.35
+    ground_probability: float = 0.5
+
+
+@dataclass
+class Person:
+    body: PosedBody
+    activity: str
+    vertices: np.ndarray  # (V, 3) world coordinates
+    keypoints: np.ndarray  # (17, 3) world coordinates
+    keypoint_tolerance: np.ndarray  # (17,) metres a keypoint may lie behind the surface seen over it
+
+
+def _yaw(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _flat_mesh(vertices: np.ndarray, faces: np.ndarray, color: np.ndarray, rng: np.random.Generator) -> MeshSpec:
+    """Unshared vertices so every face is lit flat (boxes have sharp edges)."""
+    v = vertices[faces].reshape(-1, 3)
+    f = np.arange(len(v), dtype=np.uint32).reshape(-1, 3)
+    tri = vertices[faces]
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    n = np.repeat(n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12), 3, axis=0)
+    colors = np.tile(to_linear(color), (len(v), 1)) * rng.uniform(0.85, 1.0, (len(v), 1))
+    return MeshSpec(v, f, colors, normals=n)
+
+
+def _box(center: np.ndarray, size: np.ndarray, yaw: float, color: np.ndarray, rng: np.random.Generator) -> MeshSpec:
+    corners = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (0.0, 1.0)]) * size
+    faces = np.array(
+        [[0, 2, 1], [1, 2, 3], [4, 5, 6], [5, 7, 6], [0, 1, 4], [1, 5, 4],
+         [2, 6, 3], [3, 6, 7], [0, 4, 2], [2, 4, 6], [1, 3, 5], [3, 7, 5]]
+    )  # fmt: skip
+    vertices = corners @ _yaw(yaw).T + center
+    return _flat_mesh(vertices, faces, color, rng)
+
+
+def _ground(rng: np.random.Generator, extent: float = 40.0, cells: int = 40) -> MeshSpec:
+    """A large grid on z=0 with a tiled or mottled colour."""
+    xs = np.linspace(-extent, extent, cells + 1)
+    gx, gy = np.meshgrid(xs, xs)
+    vertices = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, -0.005)], axis=1)
+    idx = np.arange((cells + 1) ** 2).reshape(cells + 1, cells + 1)
+    a, b, c, d = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
+    faces = np.concatenate([np.stack([a, b, d], 1), np.stack([a, d, c], 1)]).astype(np.uint32)
+    c1, c2 = random_color(rng), random_color(rng)
+    t = rng.uniform(0, 1, len(vertices))[:, None] * rng.uniform(0.1, 0.6)
+    colors = to_linear((1 - t) * c1 + t * c2)
+    normals = np.tile([0.0, 0.0, 1.0], (len(vertices), 1))
+    return MeshSpec(vertices, faces, colors, normals=normals)
+
+
+def sample_scene(
+    model: BodyModel, rng: np.random.Generator, settings: SceneSettings
+) -> tuple[SceneSpec, list[Person]]:
+    w, h = settings.width, settings.height
+    n_people = int(rng.choice(np.arange(1, settings.max_people + 1), p=_people_weights(settings.max_people)))
+    phenotypes = [sample_phenotype(rng) for _ in range(n_people)]
+    poses = [sample_pose(rng) for _ in range(n_people)]
+    bodies = model.pose(phenotypes, [rot for _, rot in poses])
+
+    # The camera frames the first person; the others stand around, in front or behind.
+    fov = np.radians(rng.uniform(*settings.fov_deg))
+    fy = (h / 2) / np.tan(fov / 2)
+    fx = fy
+    main_h = float(bodies[0].vertices[:, 2].max())
+    if rng.random() < settings.close_up_probability:
+        scale = rng.uniform(settings.person_scale[1], 1.6)
+    else:
+        scale = rng.uniform(*settings.person_scale)
+    distance = fy * main_h / (scale * h)
+    cam_height = rng.uniform(2.2, 5.0) if rng.random() < 0.12 else rng.uniform(0.3, 2.2)
+    ground_dist = float(np.sqrt(max(distance**2 - (cam_height - main_h / 2) ** 2, 0.6**2)))
+    half_width = ground_dist * (w / 2) / fx
+    target = np.array(
+        [rng.uniform(-0.3, 0.3) * half_width, ground_dist, main_h * rng.uniform(0.3, 0.7)]
+    )
+    eye = np.array([0.0, 0.0, cam_height])
+    camera = Camera(fx, fy, w / 2, h / 2, look_at(eye, target, rng.normal(0, 4)))
+
+    placed: list[np.ndarray] = [np.array([0.0, ground_dist])]
+    persons: list[Person] = []
+    meshes: list[MeshSpec] = []
+    for i, body in enumerate(bodies):
+        if i > 0:
+            position = None
+            for _ in range(10):
+                depth = max(0.8, ground_dist * rng.uniform(0.5, 2.5))
+                lateral = rng.uniform(-1.2, 1.2) * depth * (w / 2) / fx
+                candidate = np.array([lateral, depth])
+                if all(np.linalg.norm(candidate - p) > 0.55 for p in placed):
+                    position = candidate
+                    break
+            if position is None:
+                continue
+            placed.append(position)
+        base = np.array([placed[-1][0], placed[-1][1], 0.0])
+        rot = _yaw(rng.uniform(0, 2 * np.pi))
+        vertices = body.vertices @ rot.T + base
+        keypoints = body.keypoints @ rot.T + base
+        # A joint seen on its own limb is visible if it lies no deeper behind the surface than
+        # about twice its distance to the skin (the limb's radius), plus some slack.
+        tolerance = np.maximum(0.05, 2.0 * body.keypoint_radius + 0.03)
+        meshes.append(
+            MeshSpec(
+                vertices,
+                model.faces,
+                body_colors(body, model, rng),
+                normals=model.vertex_normals(vertices),
+                instance=len(persons) + 1,
+            )
+        )
+        persons.append(Person(body, poses[i][0], vertices, keypoints, tolerance))
+
+    if rng.random() < settings.occluder_probability:
+        for _ in range(int(rng.integers(1, 3))):
+            j = int(rng.integers(len(placed)))
+            t = rng.uniform(0.3, 0.85)
+            center = np.array([*(placed[j] * t + rng.normal(0, 0.3, 2)), 0.0])
+            if rng.random() < 0.3:  # a pole or pillar
+                size = np.array([rng.uniform(0.05, 0.4), rng.uniform(0.05, 0.4), rng.uniform(1.5, 3.5)])
+            else:  # a crate, a table, a low wall
+                size = np.array([rng.uniform(0.2, 1.5), rng.uniform(0.1, 0.8), rng.uniform(0.3, 1.5)])
+            meshes.append(_box(center, size, rng.uniform(0, np.pi), random_color(rng), rng))
+    if rng.random() < settings.ground_probability:
+        meshes.append(_ground(rng))
+
+    lights = []
+    for k in range(int(rng.integers(1, 4))):
+        azimuth, elevation = rng.uniform(0, 2 * np.pi), rng.uniform(np.radians(15), np.radians(85))
+        direction = -np.array([np.cos(azimuth) * np.cos(elevation), np.sin(azimuth) * np.cos(elevation), np.sin(elevation)])
+        tint = np.clip(1.0 + rng.normal(0, 0.08, 3), 0.7, 1.0)
+        intensity = rng.uniform(1.5, 5.0) if k == 0 else rng.uniform(0.3, 2.0)
+        lights.append(Light(direction, tint, float(intensity)))
+    ambient = np.full(3, rng.uniform(0.1, 0.5)) * np.clip(1.0 + rng.normal(0, 0.05, 3), 0.8, 1.0)
+    spec = SceneSpec(camera, meshes, lights, ambient, roughness=float(rng.uniform(0.5, 1.0)))
+    return spec, persons
+
+
+def _people_weights(max_people: int) -> np.ndarray:
+    weights = np.array([0.35, 0.3, 0.17, 0.1, 0.05, 0.03][:max_people] + [0.02] * max(0, max_people - 6))
+    return weights / weights.sum()
