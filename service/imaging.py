@@ -19,6 +19,11 @@ from service import errors
 
 FORMATS = ("jpeg", "png", "webp", "bmp")
 
+# OpenCV prints a warning to stderr for every corrupt image a client sends; those are answered
+# with a 400 and logged as JSON by the service, so silence the library's own lines.
+if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 # JPEG start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -161,7 +166,10 @@ def decode(data: bytes, max_pixels: int) -> np.ndarray:
         )
     if header.format == "jpeg" and not jpeg_is_complete(data):
         raise errors.invalid_image("the JPEG is truncated (no end-of-image marker after the last scan)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # newer OpenCV builds may raise instead of returning None
+        image = None
     if image is None or image.size == 0:
         raise errors.invalid_image(f"the {header.format.upper()} data could not be decoded")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
