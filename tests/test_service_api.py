@@ -15,7 +15,7 @@ from model.bundle import sha256
 from model.codec import bbox_to_center_scale
 from model.keypoints import COCO17
 from service.settings import Settings
-from tests._service_util import (
+from _service_util import (
     INPUT_SIZE,
     ServerThread,
     decode,

@@ -17,7 +17,7 @@ from service.detector import INPUT_SIZE, NUM_BINS, DetectorConfig, NanoDetPerson
 from service.metrics import ServiceMetrics
 from service.pipeline import PoseJob, PoseResult
 from service.settings import DEFAULT_DETECTOR
-from tests._service_util import encode, noise_image, png_bomb, with_exif_orientation
+from _service_util import encode, noise_image, png_bomb, with_exif_orientation
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -188,7 +188,7 @@ def test_device_crops_match_opencv_crops(tmp_path):
     """The GPU path (warp_crops_torch in the worker) gives the CPU path's keypoints; run here on the CPU."""
     from model.runtime import RuntimeConfig
     from service.pipeline import PoseModel
-    from tests._service_util import make_bundle
+    from _service_util import make_bundle
 
     pose = PoseModel(make_bundle(tmp_path), RuntimeConfig(device="cpu", backend="torch"))
     image = noise_image(120, 90, seed=4)
