@@ -145,7 +145,7 @@ def write_config(path: Path, dataset: str, root: Path, out_dir: Path, extra: dic
         "optim": {"batch_size": 4, "epochs": 1, "warmup_iters": 2},
         "eval": {"interval": 1, "batch_size": 4},
         "run": {"out_dir": str(out_dir), "device": "cpu", "precision": "fp32", "channels_last": False,
-                "progress": False, "log_interval": 1, "deterministic": True},
+                "progress": False, "log_interval": 1, "deterministic": True, "threads": 1},
     }  # fmt: skip
     for section, values in (extra or {}).items():
         if isinstance(values, dict):

@@ -30,7 +30,7 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("config", help="YAML recipe, e.g. configs/hevitpose_b_coco.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted key=value, e.g. optim.lr=5e-4 data.root=/data/coco")
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from training.config import ConfigError, load_config
     from training.datasets import DatasetError
@@ -97,7 +97,7 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None, help="default: the recipe's (on)")
     parser.add_argument("--decode", choices=["dark", "argmax"], default=None, help="default: the recipe's (dark)")
     parser.add_argument("--out", help="also write the metrics to this JSON file")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from training.build import evaluate, val_dataset
     from training.config import ConfigError, load_config
@@ -150,7 +150,7 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--name", help="file name stem (default: the recipe's name)")
     parser.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     parser.add_argument("--no-onnx", action="store_true")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from model.bundle import BundleMeta, save_bundle
     from model.onnx import check_onnx, export_onnx

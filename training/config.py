@@ -94,6 +94,7 @@ class RunConfig:
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = False
+    threads: int = 0  # torch CPU threads in the training process; 0 = torch's default
     max_steps: int = 0  # stop (with a checkpoint) after this many optimiser steps; 0 = no limit
     max_val_samples: int = 0  # 0 = the whole validation set
     log_interval: int = 20

@@ -111,6 +111,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.dist = init_distributed(self.device)
         seed_everything(cfg.run.seed, cfg.run.deterministic)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
         self.out_dir = cfg.out_dir
         if cfg.optim.batch_size % self.dist.world:
             raise ValueError(f"optim.batch_size {cfg.optim.batch_size} is not divisible by {self.dist.world} processes")
@@ -213,6 +215,17 @@ class Trainer:
             value /= self.dist.world
         return value
 
+    def sync_buffers(self) -> None:
+        """Rank 0's BatchNorm statistics to every rank, as MMCV's DistEvalHook(broadcast_bn_buffer=True).
+
+        DDP broadcasts buffers at the start of each forward, so after the last step of an
+        epoch each rank holds the statistics of its own last batch; validation and the
+        checkpoint then use rank 0's, on every rank.
+        """
+        if self.dist.enabled:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
+
     def count_skipped(self, batch: dict, dataset) -> None:
         bad = (~batch["valid"]).nonzero().flatten().tolist()
         for i in bad:
@@ -270,6 +283,7 @@ class Trainer:
                 stopped = self.train_epoch(logger, total_steps, run_start, start_step)
                 if stopped:
                     break
+                self.sync_buffers()
                 last = self.epoch == cfg.optim.epochs - 1
                 improved = False
                 if (self.epoch + 1) % cfg.eval.interval == 0 or last:
@@ -373,6 +387,7 @@ class Trainer:
                     bar.close()
                 # At the end of an epoch this saves batch_in_epoch == iters_per_epoch: a resumed
                 # run then finds no batches left, validates and moves on, as this one would have.
+                self.sync_buffers()
                 self.save()
                 self.print(f"stopped at step {self.step} (run.max_steps); resume with --resume")
                 return True

@@ -1,0 +1,158 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import training.engine as engine
+from model.bundle import load_bundle
+from training.cli import eval_main, export_main, train_main
+from training.config import load_config
+from training.engine import NonFiniteLoss, Trainer
+
+from _training_data import make_coco, make_mpii, write_config
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    # the recipes here set run.threads=1 (a shared 2-core box runs 1 thread far faster)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory):
+    return make_coco(tmp_path_factory.mktemp("data") / "coco", n_train=12, n_val=3)
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_train_writes_checkpoints_logs_curves_and_exports(tmp_path, coco_root, capsys):
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", "coco", coco_root, out)
+    assert train_main([str(cfg), "optim.epochs=2", "eval.interval=1"]) == 0
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "curves.png", "config.json"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(r["loss"]) and r["samples_per_s"] > 0 for r in train)
+    assert train[0]["lr"] == pytest.approx(1e-3 * 0.001)  # warm-up starts at warmup_ratio
+    assert [r["epoch"] for r in val] == [1, 2] and all("AP" in r for r in val)
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert (state["epoch"], state["step"], state["batch_in_epoch"]) == (2, 6, 0)
+    assert {"model", "optimizer", "scheduler", "scaler", "rng"} <= set(state)
+
+    bundle_dir = tmp_path / "bundle"
+    assert export_main([str(out / "best.pt"), str(bundle_dir)]) == 0
+    model, meta = load_bundle(bundle_dir / "tiny")
+    assert meta.model == "hevitpose-t" and meta.input_size == [64, 64]
+    assert meta.keypoint_names[5] == "left_shoulder" and [5, 6] in meta.flip_pairs
+    assert "AP" in meta.metrics and meta.metrics["dataset"] == "coco"
+    assert (bundle_dir / "tiny.onnx").is_file()
+    capsys.readouterr()
+
+    assert eval_main([str(cfg), str(out / "last.pt"), "--no-flip-test", "--out", str(tmp_path / "m.json")]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["flip_test"] is False and set(report["metrics"]) >= {"AP", "AP50", "AP75", "APM", "APL", "AR"}
+    # the exported bundle (float16 weights) evaluates to nearly the checkpoint's numbers
+    assert eval_main([str(cfg), str(bundle_dir / "tiny.json"), "--no-flip-test"]) == 0
+    bundle_report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert bundle_report["metrics"]["AP"] == pytest.approx(report["metrics"]["AP"], abs=0.05)
+
+
+def test_resume_continues_exactly(tmp_path, coco_root):
+    """4 steps straight == 2 steps, stop, resume, 2 more (mid-epoch: 3 iterations per epoch)."""
+    extra = {"optim": {"epochs": 3}, "eval": {"interval": 100}}
+    straight = write_config(tmp_path / "a.yaml", "coco", coco_root, tmp_path / "a", extra)
+    assert train_main([str(straight), "run.max_steps=4"]) == 0
+    split = write_config(tmp_path / "b.yaml", "coco", coco_root, tmp_path / "b", extra)
+    assert train_main([str(split), "run.max_steps=2"]) == 0
+    half = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert (half["step"], half["epoch"], half["batch_in_epoch"]) == (2, 0, 2)
+    assert train_main([str(split), "--resume", "run.max_steps=4"]) == 0
+    a, b = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    assert not all(torch.equal(a[k], half["model"][k]) for k in a)  # the second half did train
+    sa = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    sb = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert sa["scheduler"] == sb["scheduler"] and sa["step"] == sb["step"] == 4
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path, coco_root, capsys):
+    cfg = write_config(tmp_path / "c.yaml", "coco", coco_root, tmp_path / "none")
+    assert train_main([str(cfg), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, coco_root, monkeypatch, capsys):
+    real_loss, calls = engine.heatmap_loss, []
+
+    def loss_that_explodes(*args):
+        calls.append(1)
+        loss = real_loss(*args)
+        return loss * float("nan") if len(calls) >= 5 else loss
+
+    monkeypatch.setattr(engine, "heatmap_loss", loss_that_explodes)
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", "coco", coco_root, out, {"optim": {"epochs": 3}, "eval": {"interval": 100}})
+    assert train_main([str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "loss became nan" in err and "last good checkpoint" in err
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["step"] == 3 and state["epoch"] == 1  # saved at the end of epoch 1, before step 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_unreadable_images_are_skipped_counted_and_reported(tmp_path, capsys):
+    root = make_coco(tmp_path / "coco", n_train=4, n_val=2)
+    (root / "images" / "train2017" / "000000000002.jpg").write_bytes(b"\x00garbage")
+    (root / "images" / "val2017" / "000000001001.jpg").unlink()
+    cfg = write_config(tmp_path / "c.yaml", "coco", root, tmp_path / "run")
+    trainer = Trainer(load_config(cfg))
+    result = trainer.fit()
+    assert result["step"] == 1 and not result["stopped"]
+    assert len(trainer.skipped_images) == 2
+    assert "2 image(s) could not be read" in capsys.readouterr().err
+
+
+def test_mpii_training_reports_pckh(tmp_path):
+    root = make_mpii(tmp_path / "mpii", n_train=4, n_val=2)
+    cfg = write_config(tmp_path / "c.yaml", "mpii", root, tmp_path / "run")
+    result = Trainer(load_config(cfg)).fit()
+    assert set(result["val"]) == {"Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "PCKh", "PCKh@0.1"}
+    assert result["best"]["metric"] == "PCKh"
+
+
+def test_ddp_two_cpu_processes_hold_the_same_weights(tmp_path, coco_root):
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", "coco", coco_root, out, {"optim": {"batch_size": 4, "epochs": 1}})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(TESTS / "_training_ddp_worker.py"), str(cfg), str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    assert r0["step"] == r1["step"] == 3  # 12 people / (2 processes x 2 each)
+    assert r0["batch"] == r1["batch"] == 2
+    assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
+    assert r0["val"] == r1["val"] and "AP" in r0["val"]  # rank 0's metrics broadcast to rank 1
+    initial = torch.load(out / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(initial[k], r0["model"][k]) for k in initial)  # rank 0 wrote the checkpoint
