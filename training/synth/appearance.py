@@ -189,8 +189,13 @@ def _photo_files() -> list[Path]:
     except ImportError:
         return []
     root = Path(skimage.__file__).parent / "data"
-    # Left out: astronaut.png and camera.png, which show people.
-    names = ["brick.png", "chelsea.png", "coffee.png", "grass.png", "gravel.png", "rocket.jpg", "hubble_deep_field.jpg"]
+    # CC0: brick, grass, gravel (CC0Textures), chelsea, coffee; public domain: clock_motion,
+    # rocket (SpaceX), hubble_deep_field (NASA). Left out: astronaut and camera, which show
+    # people, and images of unclear licence.
+    names = [
+        "brick.png", "grass.png", "gravel.png", "chelsea.png", "coffee.png",
+        "clock_motion.png", "rocket.jpg", "hubble_deep_field.jpg",
+    ]  # fmt: skip
     return [root / n for n in names if (root / n).exists()]
 
 
@@ -216,6 +221,66 @@ class Backgrounds:
                 crop = crop[:, ::-1]
             return np.clip(crop * rng.uniform(0.7, 1.2) + rng.normal(0, 0.05, 3), 0, 1).astype(np.float32)
         return procedural_background(h, w, rng)
+
+
+# The ground ---------------------------------------------------------------------------------
+
+
+def _ground_texture(rng: np.random.Generator, photos: list[np.ndarray], size: int = 256) -> np.ndarray:
+    """A square, tileable-enough texture: paving, mottled earth, stripes, or a photograph."""
+    if photos and rng.random() < 0.4:
+        photo = photos[rng.integers(len(photos))]
+        s = min(photo.shape[:2])
+        y0 = int(rng.integers(0, photo.shape[0] - s + 1))
+        x0 = int(rng.integers(0, photo.shape[1] - s + 1))
+        return cv2.resize(photo[y0 : y0 + s, x0 : x0 + s], (size, size), interpolation=cv2.INTER_AREA)
+    c1, c2 = random_color(rng), random_color(rng)
+    yy, xx = np.mgrid[0:size, 0:size]
+    kind = rng.integers(3)
+    if kind == 0:  # paving: cells of size/n with grout lines
+        n = int(rng.choice([2, 4, 8]))
+        cell = size // n
+        grout = (xx % cell < 3) | (yy % cell < 3)
+        tex = np.where(grout[..., None], c2, c1) + rng.normal(0, 0.03, (n, n, 3)).repeat(cell, 0).repeat(cell, 1)
+    elif kind == 1:  # earth, sand, grass-like mottling
+        tex = c1 + (_smooth_noise(size, size, rng, 8) - 0.5) * rng.uniform(0.1, 0.4)
+    else:  # boards or road markings
+        period = size // int(rng.choice([2, 4, 8]))
+        tex = np.where(((xx % period) < period * rng.uniform(0.05, 0.5))[..., None], c2, c1)
+    tex = tex + rng.normal(0, 0.03, (size, size, 3))
+    return np.clip(tex, 0, 1).astype(np.float32)
+
+
+def ground_plane(camera, h: int, w: int, rng: np.random.Generator, photos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The plane z=0 as the camera sees it, textured in perspective and fading into haze.
+
+    Returns the image (H, W, 3) and the mask of pixels below the horizon.
+    """
+    tex = _ground_texture(rng, photos)
+    size = tex.shape[0]
+    metres = rng.uniform(0.8, 4.0)  # the ground one texture tile covers
+    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    rays = np.stack([(u - camera.cx) / camera.fx, -(v - camera.cy) / camera.fy, -np.ones_like(u)], axis=-1)
+    rays = rays @ camera.pose[:3, :3].T
+    eye = camera.pose[:3, 3]
+    down = rays[..., 2] < -1e-6
+    t = np.where(down, -eye[2] / np.where(down, rays[..., 2], -1.0), np.inf)
+    x = eye[0] + t * rays[..., 0]
+    y = eye[1] + t * rays[..., 1]
+    angle = rng.uniform(0, 2 * np.pi)
+    gx = (np.cos(angle) * x - np.sin(angle) * y) / metres * size
+    gy = (np.sin(angle) * x + np.cos(angle) * y) / metres * size
+    map_x = np.mod(np.where(down, gx, 0.0), size).astype(np.float32)
+    map_y = np.mod(np.where(down, gy, 0.0), size).astype(np.float32)
+    sharp = cv2.remap(tex, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+    # Far away a pixel covers many texels: fall back on a blurred texture there, then haze.
+    soft = cv2.remap(cv2.GaussianBlur(tex, (0, 0), 4.0), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+    texels_per_pixel = np.where(down, t / camera.fy * size / metres, np.inf)
+    far = np.clip((texels_per_pixel - 1.0) / 3.0, 0, 1)[..., None]
+    img = (1 - far) * sharp + far * soft
+    haze = (1 - np.exp(-np.where(down, t, 1e6) / rng.uniform(8, 60)))[..., None]
+    img = (1 - haze) * img * rng.uniform(0.6, 1.1) + haze * tex.reshape(-1, 3).mean(0)
+    return img.astype(np.float32), down
 
 
 # Camera effects ------------------------------------------------------------------------------

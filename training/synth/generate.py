@@ -71,7 +71,7 @@ class ImageGenerator:
     def render(self, index: int) -> tuple[ImageResult, np.ndarray, np.ndarray]:
         """(annotations, RGB uint8 image, instance map) of image index."""
         from .annotate import coco_annotations
-        from .appearance import camera_effects
+        from .appearance import camera_effects, ground_plane
         from .scene import sample_scene
 
         cfg = self.cfg
@@ -80,6 +80,9 @@ class ImageGenerator:
         rendering = self.renderer.render(spec)
         h, w = rendering.depth.shape
         background = self.backgrounds.sample(h, w, rng)
+        if rng.random() < cfg.scene.ground_probability:
+            ground, below = ground_plane(spec.camera, h, w, rng, self.backgrounds.photos)
+            background = np.where(below[..., None], ground, background)
         # Without multisampling, silhouettes would be jagged: their edge pixels blend a little
         # background in instead.
         drawn = (rendering.instance > 0).astype(np.float32)

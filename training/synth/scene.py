@@ -22,6 +22,7 @@ class SceneSettings:
     person_scale: tuple[float, float] = (0.3, 0.95)
     close_up_probability: float = 0.15
     occluder_probability: float = 0.35
+    # Share of images whose background has a ground plane in perspective below the horizon.
     ground_probability: float = 0.5
 
 
@@ -58,21 +59,6 @@ def _box(center: np.ndarray, size: np.ndarray, yaw: float, color: np.ndarray, rn
     )  # fmt: skip
     vertices = corners @ _yaw(yaw).T + center
     return _flat_mesh(vertices, faces, color, rng)
-
-
-def _ground(rng: np.random.Generator, extent: float = 40.0, cells: int = 40) -> MeshSpec:
-    """A large grid on z=0 with a tiled or mottled colour."""
-    xs = np.linspace(-extent, extent, cells + 1)
-    gx, gy = np.meshgrid(xs, xs)
-    vertices = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, -0.005)], axis=1)
-    idx = np.arange((cells + 1) ** 2).reshape(cells + 1, cells + 1)
-    a, b, c, d = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel()
-    faces = np.concatenate([np.stack([a, b, d], 1), np.stack([a, d, c], 1)]).astype(np.uint32)
-    c1, c2 = random_color(rng), random_color(rng)
-    t = rng.uniform(0, 1, len(vertices))[:, None] * rng.uniform(0.1, 0.6)
-    colors = to_linear((1 - t) * c1 + t * c2)
-    normals = np.tile([0.0, 0.0, 1.0], (len(vertices), 1))
-    return MeshSpec(vertices, faces, colors, normals=normals)
 
 
 def sample_scene(
@@ -147,8 +133,6 @@ def sample_scene(
             else:  # a crate, a table, a low wall
                 size = np.array([rng.uniform(0.2, 1.5), rng.uniform(0.1, 0.8), rng.uniform(0.3, 1.5)])
             meshes.append(_box(center, size, rng.uniform(0, np.pi), random_color(rng), rng))
-    if rng.random() < settings.ground_probability:
-        meshes.append(_ground(rng))
 
     lights = []
     for k in range(int(rng.integers(1, 4))):
