@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Build check without a Docker engine: build the CPU image from docker/Dockerfile with
-# `podman build --isolation chroot` on a Debian base made with debootstrap, start the server inside
-# the built image's filesystem with chroot (as the image's non-root user), and query /readyz,
-# /v1/models and /v1/predict. Needs root, network access to a Debian mirror and to PyPI, and a few GB
-# of disk. Slow (debootstrap + pip install): not part of CI.
+# `podman build --isolation chroot --format docker` (Docker format keeps SHELL and HEALTHCHECK) on a
+# Debian base made with debootstrap, start the server inside the built image's filesystem with
+# chroot (as the image's non-root user), and query /readyz, /v1/models and /v1/predict. Needs root,
+# network access to a Debian mirror and to PyPI, and a few GB of disk. Slow (debootstrap + pip install): not part of CI.
 #
 #   sudo docker/smoke.sh            # report in $SMOKE_DIR/report.txt (default /var/tmp/hevitpose-smoke)
 #
@@ -75,12 +75,21 @@ build_args=(--build-arg "BASE_IMAGE=$BASE")
 volumes=()
 TORCH_WHEEL=${TORCH_WHEEL:-$(ls /opt/wheels/torch-2.13.0+cpu-cp311-*.whl 2>/dev/null | head -1 || true)}
 if [ -n "$TORCH_WHEEL" ]; then
-  # A one-package index (pip wants index.html in a file:// index) holding the local CPU wheel.
+  # A small PEP 503 index (pip wants index.html in a file:// index) holding the local CPU wheel
+  # and its dependencies for the image's Python (3.11), as the PyTorch CPU index would serve them.
   index="$SMOKE_DIR/torch-index"
-  rm -rf "$index"; mkdir -p "$index/torch"
-  cp "$TORCH_WHEEL" "$index/torch/"
+  rm -rf "$index" "$SMOKE_DIR/wheels"; mkdir -p "$index" "$SMOKE_DIR/wheels"
+  python3 -m pip download -q --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 \
+    --platform manylinux2014_x86_64 --platform any -d "$SMOKE_DIR/wheels" "$TORCH_WHEEL" >/dev/null \
+    || die "could not gather torch's dependencies"
+  for wheel in "$SMOKE_DIR"/wheels/*.whl; do
+    name=$(basename "$wheel")
+    project=$(echo "${name%%-*}" | tr 'A-Z_.' 'a-z--')
+    mkdir -p "$index/$project"
+    mv "$wheel" "$index/$project/"
+    printf '<a href="%s">%s</a>\n' "${name//+/%2B}" "$name" >> "$index/$project/index.html"
+  done
   name=$(basename "$TORCH_WHEEL")
-  printf '<html><body><a href="%s">%s</a></body></html>\n' "${name//+/%2B}" "$name" > "$index/torch/index.html"
   volumes+=(--volume "$index:/torch-index:ro")
   build_args+=(--build-arg "TORCH_INDEX_URL=file:///torch-index")
   log "torch from local wheel $name"
@@ -89,9 +98,9 @@ else
   log "torch from the PyTorch CPU index"
 fi
 
-log "podman build --isolation chroot -f docker/Dockerfile -t $IMAGE"
+log "podman build --isolation chroot --format docker -f docker/Dockerfile -t $IMAGE"
 t0=$(date +%s)
-podman build --isolation chroot -f "$repo/docker/Dockerfile" -t "$IMAGE" \
+podman build --isolation chroot --format docker -f "$repo/docker/Dockerfile" -t "$IMAGE" \
   "${build_args[@]}" "${volumes[@]}" "$repo" > "$SMOKE_DIR/build.log" 2>&1 \
   || { tail -30 "$SMOKE_DIR/build.log" | tee -a "$report" >&2; die "podman build failed; see $SMOKE_DIR/build.log"; }
 log "built $IMAGE in $(( $(date +%s) - t0 ))s; size $(podman image inspect --format '{{.Size}}' "$IMAGE" | numfmt --to=iec)"
