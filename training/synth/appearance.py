@@ -124,6 +124,17 @@ def body_colors(body: PosedBody, model: BodyModel, rng: np.random.Generator) -> 
         hair = head & ((rest[:, 2] > hair_line) | ((rest[:, 1] > ear_y - 0.01) & (rest[:, 2] > eye_z - rng.uniform(0.0, 0.15))))
         hair_color = HAIR_COLORS[rng.integers(len(HAIR_COLORS))] if rng.random() < 0.9 else random_color(rng)
         colors[hair] = hair_color * rng.uniform(0.8, 1.1, (int(hair.sum()), 1))
+    # Eyebrows and lips, placed from the eyes and nose and scaled by the distance between the eyes.
+    scale = abs(kp[1, 0] - kp[2, 0]) / 0.06
+    front = head & (rest[:, 1] < kp[1:3, 1].mean() + 0.005 * scale)
+    dz_eye = rest[:, 2] - eye_z
+    for side in (1, 2):
+        brow = front & (dz_eye > 0.012 * scale) & (dz_eye < 0.022 * scale)
+        brow &= np.abs(rest[:, 0] - kp[side, 0]) < 0.022 * scale
+        colors[brow] = colors[brow] * 0.35 + 0.02
+    dz_nose = rest[:, 2] - kp[0, 2]
+    lips = front & (dz_nose > -0.045 * scale) & (dz_nose < -0.027 * scale) & (np.abs(rest[:, 0] - kp[0, 0]) < 0.022 * scale)
+    colors[lips] = colors[lips] * np.array([0.85, 0.6, 0.6]) * rng.uniform(0.8, 1.0)
     colors[model.eye_vertices] = rng.uniform(0.02, 0.25)
     return to_linear(colors)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,7 +118,6 @@ _worker: ImageGenerator | None = None
 
 def _init_worker(cfg: SynthConfig) -> None:
     global _worker
-    # One Mesa rasteriser thread per worker: the workers already fill the cores.
     _worker = ImageGenerator(cfg)
 
 
@@ -184,8 +182,6 @@ def generate(cfg: SynthConfig, log=print) -> dict:
                 log(f"{i + 1}/{cfg.num} images, {(i + 1) / (time.perf_counter() - loop_start):.1f} images/s")
     else:
         # Spawned, not forked: an OpenGL context and torch's thread pool do not survive a fork.
-        env_threads = os.environ.get("LP_NUM_THREADS")
-        os.environ.setdefault("LP_NUM_THREADS", "0")
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
             setup_s = 0.0
@@ -194,8 +190,6 @@ def generate(cfg: SynthConfig, log=print) -> dict:
                 results.append(result)
                 if (i + 1) % report_every == 0:
                     log(f"{i + 1}/{cfg.num} images, {(i + 1) / (time.perf_counter() - loop_start):.1f} images/s")
-        if env_threads is None:
-            os.environ.pop("LP_NUM_THREADS", None)
     elapsed = time.perf_counter() - loop_start
 
     counts = {}

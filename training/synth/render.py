@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 # pyrender picks its OpenGL platform when imported: EGL works without a display and, through
 # Mesa, without a GPU. OSMesa would need a newer PyOpenGL than pyrender pins.
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+# llvmpipe rasterises in the calling thread: one generator process keeps to one core, and
+# parallelism comes from worker processes.
+os.environ.setdefault("LP_NUM_THREADS", "0")
 
 import numpy as np  # noqa: E402
 import pyrender  # noqa: E402
