@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,29 @@ def test_resume_continues_exactly(tmp_path, coco_root):
     assert sa["scheduler"] == sb["scheduler"] and sa["step"] == sb["step"] == 4
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_sigterm_checkpoints_mid_epoch_and_resume_matches(tmp_path, coco_root, monkeypatch):
+    extra = {"optim": {"epochs": 3}, "eval": {"interval": 100}}
+    straight = write_config(tmp_path / "a.yaml", "coco", coco_root, tmp_path / "a", extra)
+    assert train_main([str(straight), "run.max_steps=3"]) == 0
+    real_loss, calls = engine.heatmap_loss, []
+
+    def loss_then_kill(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a cluster scheduler would
+        return real_loss(*args)
+
+    monkeypatch.setattr(engine, "heatmap_loss", loss_then_kill)
+    killed = write_config(tmp_path / "b.yaml", "coco", coco_root, tmp_path / "b", extra)
+    assert train_main([str(killed)]) == 0
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (2, 0, 2)
+    monkeypatch.setattr(engine, "heatmap_loss", real_loss)
+    assert train_main([str(killed), "--resume", "run.max_steps=3"]) == 0
+    a, b = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path, coco_root, capsys):

@@ -11,7 +11,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -138,6 +140,7 @@ class Trainer:
         self.best: dict[str, Any] = {}
         self.val_metrics: dict[str, float] = {}
         self.skipped_images: set[str] = set()
+        self.stop_requested = False  # set by SIGTERM/SIGINT: checkpoint at the next step, then stop
         if resume:
             self.load(self.out_dir / "last.pt")
 
@@ -278,6 +281,7 @@ class Trainer:
         )
         run_start, start_step = time.perf_counter(), self.step
         stopped = False
+        previous_handlers = self._catch_signals()
         try:
             while self.epoch < cfg.optim.epochs and not stopped:
                 stopped = self.train_epoch(logger, total_steps, run_start, start_step)
@@ -301,6 +305,8 @@ class Trainer:
                 if improved and path is not None:
                     ckpt.copy_atomic(path, self.out_dir / "best.pt")
         finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
             if logger:
                 logger.close()
         if self.skipped_images:
@@ -312,6 +318,17 @@ class Trainer:
         if self.dist.main and cfg.run.plot and not stopped:
             plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png", self.metric)
         return {"step": self.step, "epoch": self.epoch, "val": self.val_metrics, "best": self.best, "stopped": stopped}
+
+    def _catch_signals(self) -> dict:
+        """A kill (SIGTERM from a scheduler, torchrun or Ctrl-C) becomes a checkpoint and a clean stop."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(signum, frame):
+            self.print(f"signal {signal.Signals(signum).name}: saving a checkpoint after this step")
+            self.stop_requested = True
+
+        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def train_epoch(self, logger: MetricsLogger | None, total_steps: int, run_start: float, start_step: int) -> bool:
         """One epoch from ``batch_in_epoch`` on; True when ``run.max_steps`` stopped it early."""
@@ -359,11 +376,19 @@ class Trainer:
             loss_sum += loss.detach()
             window_steps += 1
             window_samples += inputs.shape[0] * self.dist.world
-            done = cfg.run.max_steps and self.step >= cfg.run.max_steps
+            done = bool(cfg.run.max_steps and self.step >= cfg.run.max_steps)
             end_of_epoch = self.batch_in_epoch >= self.iters_per_epoch
-            if window_steps >= cfg.run.log_interval or done or end_of_epoch:
-                # One sync per window: every rank reduces the same value, so all stop together.
-                mean_loss = float(self.all_mean(loss_sum / window_steps))
+            # A single process stops at the next step; ranks agree on it at the next window.
+            local_stop = self.stop_requested and not self.dist.enabled
+            if window_steps >= cfg.run.log_interval or done or end_of_epoch or local_stop:
+                # One sync per window: every rank reduces the same values, so all stop together.
+                flag = torch.tensor(float(self.stop_requested), device=self.device)
+                reduced = self.all_mean(torch.stack([loss_sum / window_steps, flag]))
+                mean_loss = float(reduced[0])
+                if float(reduced[1]) > 0 and not done:
+                    done, reason = True, "a stop signal"
+                else:
+                    reason = "run.max_steps"
                 if not math.isfinite(mean_loss):
                     raise NonFiniteLoss(
                         f"loss became {mean_loss} between steps {self.step - window_steps + 1} and {self.step} "
@@ -389,7 +414,7 @@ class Trainer:
                 # run then finds no batches left, validates and moves on, as this one would have.
                 self.sync_buffers()
                 self.save()
-                self.print(f"stopped at step {self.step} (run.max_steps); resume with --resume")
+                self.print(f"stopped at step {self.step} ({reason}); resume with --resume")
                 return True
         if bar is not None:
             bar.close()
