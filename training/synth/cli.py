@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary))
     print(
         f"{summary['images']} images ({summary['train_people'] + summary['val_people']} people) in "
-        f"{summary['seconds']} s: {summary['images_per_s']} images/s with {summary['workers']} worker(s)",
+        f"{summary['seconds']} s: {summary['images_per_s']} images/s with {summary['workers']} worker(s), "
+        f"{summary['images_per_cpu_s']} images per CPU-second",
         file=sys.stderr,
     )
     return 0

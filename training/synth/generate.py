@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,6 +163,15 @@ def coco_json(results: list[ImageResult], split: str, cfg: SynthConfig) -> dict:
     }
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (user + system)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
 def generate(cfg: SynthConfig, log=print) -> dict:
     """Render cfg.num images into cfg.out_dir; returns a summary with the measured speed."""
     out = Path(cfg.out_dir)
@@ -176,6 +186,7 @@ def generate(cfg: SynthConfig, log=print) -> dict:
         _init_worker(cfg)
         setup_s = time.perf_counter() - start
         loop_start = time.perf_counter()
+        cpu_start = _cpu_seconds()
         for i in range(cfg.num):
             results.append(_write_one(i))
             if (i + 1) % report_every == 0:
@@ -186,11 +197,15 @@ def generate(cfg: SynthConfig, log=print) -> dict:
         with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
             setup_s = 0.0
             loop_start = time.perf_counter()
+            cpu_start = _cpu_seconds()
             for i, result in enumerate(pool.imap_unordered(_write_one, range(cfg.num), chunksize=4)):
                 results.append(result)
                 if (i + 1) % report_every == 0:
                     log(f"{i + 1}/{cfg.num} images, {(i + 1) / (time.perf_counter() - loop_start):.1f} images/s")
     elapsed = time.perf_counter() - loop_start
+    # On a shared machine wall time says little per core; CPU time does (with several
+    # workers it also counts their start-up: loading the body model, about a second each).
+    cpu_s = _cpu_seconds() - cpu_start
 
     counts = {}
     for split in ("train", "val"):
@@ -209,5 +224,7 @@ def generate(cfg: SynthConfig, log=print) -> dict:
         "seconds": round(elapsed, 2),
         "images_per_s": round(cfg.num / max(elapsed, 1e-9), 2),
         "images_per_s_per_worker": round(cfg.num / max(elapsed, 1e-9) / max(cfg.workers, 1), 2),
+        "cpu_s": round(cpu_s, 2),
+        "images_per_cpu_s": round(cfg.num / max(cpu_s, 1e-9), 2),
     }
     return summary
