@@ -39,7 +39,8 @@ K8S = DOCKER / "k8s"
 PORT = 8000
 NON_ROOT_UID = 10001
 
-# The service's metrics (service/metrics.py) and their types.
+# The metrics the brief names for the dashboard; test_dashboard_* also checks them against the
+# service's own registry (service/metrics.py), so a renamed metric fails here.
 COUNTERS = {"hevitpose_requests_total", "hevitpose_rejections_total"}
 HISTOGRAMS = {
     "hevitpose_request_duration_seconds",
@@ -49,6 +50,29 @@ HISTOGRAMS = {
     "hevitpose_persons_per_image",
 }
 GAUGES = {"hevitpose_queue_depth", "hevitpose_model_info", "hevitpose_gpu_memory_bytes"}
+# Labels Prometheus adds to every scraped series, and the histogram bucket label.
+TARGET_LABELS = {"instance", "job", "le"}
+
+
+def service_metrics() -> dict[str, tuple[str, set[str]]]:
+    """Series name -> (type, label names) of every metric the service registers."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from service.metrics import ServiceMetrics
+
+    series = {}
+    for metric in vars(ServiceMetrics()).values():
+        if not isinstance(metric, MetricWrapperBase):
+            continue
+        name, kind, labels = metric._name, metric._type, set(metric._labelnames)
+        if kind == "counter":
+            series[f"{name}_total"] = (kind, labels)
+        elif kind == "histogram":
+            for suffix in ("bucket", "sum", "count"):
+                series[f"{name}_{suffix}"] = (kind, labels | ({"le"} if suffix == "bucket" else set()))
+        else:
+            series[name] = (kind, labels)
+    return series
 
 
 def tool(name: str, hint: str) -> str:
@@ -265,6 +289,24 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     rules_file.write_text(yaml.safe_dump({"groups": [{"name": "bad", "rules": [{"record": "x", "expr": "sum(rate(x[1m])"}]}]}))
     assert run([promtool(), "check", "rules", str(rules_file)]).returncode != 0
+
+
+def test_dashboard_uses_series_and_labels_the_service_exports():
+    exported = service_metrics()
+    expected = COUNTERS | GAUGES | {f"{h}_{s}" for h in HISTOGRAMS for s in ("bucket", "sum", "count")}
+    assert expected <= set(exported), expected - set(exported)
+    dashboard = json.loads(DASHBOARD.read_text())
+    targets = [t for p in dashboard["panels"] for t in p["targets"]]
+    for query, legend in [(t["expr"], t.get("legendFormat", "")) for t in targets] + [
+        (q, "") for q in dashboard_queries(dashboard)
+    ]:
+        names = set(re.findall(r"\bhevitpose_[a-z_]+", query))
+        assert names <= set(exported), f"{names - set(exported)} not exported by the service: {query}"
+        available = TARGET_LABELS.union(*(exported[n][1] for n in names))
+        used = {label.strip() for group in re.findall(r"\bby \(([^)]*)\)", query) for label in group.split(",")}
+        used |= set(re.findall(r"\{\{(\w+)\}\}", legend))
+        used |= set(re.findall(r"label_values\(\w+,\s*(\w+)\)", query))
+        assert used <= available, f"labels {used - available} not on {names}: {query}"
 
 
 def test_grafana_provisioning_points_at_the_mounted_dashboards():
