@@ -186,6 +186,19 @@ def test_gpu_compose_reserves_one_nvidia_gpu_per_replica():
     assert re.search(rf"listen\s+{lb_port};", nginx)
 
 
+def test_nginx_config_parses_with_known_directives_and_arguments(tmp_path):
+    import crossplane  # NGINX's parser: directive names, contexts and argument counts
+
+    def errors(path: Path) -> list[str]:
+        result = crossplane.parse(str(path), check_ctx=True, check_args=True, strict=True)
+        return [e["error"] for e in result["errors"]]
+
+    assert errors(DOCKER / "nginx.conf") == []
+    broken = tmp_path / "nginx.conf"
+    broken.write_text((DOCKER / "nginx.conf").read_text().replace("least_conn;", "least_connections;"))
+    assert errors(broken)
+
+
 def test_plain_compose_up_starts_one_gpu_replica_and_monitoring():
     config = resolved_compose("-f", "docker-compose.yml")
     enabled = {name for name, s in config["services"].items() if not s.get("profiles")}
