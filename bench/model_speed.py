@@ -172,13 +172,16 @@ def main() -> None:
             for batch in batches:
                 cells += measure(name, batch, cuda, args.rounds, args.slice, Path(tmp))
                 print(f"done {name} batch {batch}", file=sys.stderr, flush=True)
+    load = os.getloadavg()[1]
     gmacs = {name: full_macs(build_model(name), (3, INPUT[1], INPUT[0])) / 1e9 for name in args.models}
     table = format_table(cells, gmacs, cuda)
     body = (
         f"## Model speed ({'CUDA' if cuda else 'CPU float32'})\n\n"
         f"`bench/model_speed.py`, {date.today().isoformat()}, {machine()}. Input 256x256, 17 keypoints, "
         f"random weights; median of {args.rounds} round-robin slices of {args.slice:g} s. "
-        f"'vs first' is the speed-up over the first backend of the same model and batch.\n\n{table}"
+        f"'vs first' is the speed-up over the first backend of the same model and batch. "
+        f"Load average over the last 5 minutes at the end: {load:.1f}; above the core count, other work "
+        f"shared the machine and only the ratios within a row group mean much.\n\n{table}"
     )
     print(body)
     write_section(args.out, f"model_speed_{'cuda' if cuda else 'cpu'}", body)
