@@ -456,7 +456,7 @@ def test_kubernetes_deployment_one_gpu_per_pod_with_probes_and_scrape_annotation
     assert ports == {"http": PORT}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
     annotations = pod["metadata"]["annotations"]
     assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"}
     security = pod["spec"]["securityContext"]
