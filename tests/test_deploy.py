@@ -376,7 +376,10 @@ def test_dockerfile_is_multistage_non_root_and_healthchecked():
     assert entrypoint + cmd == ["hevitpose", "serve", "--host", "0.0.0.0", "--port", str(PORT)]
     env = " ".join(line for line in final if line.startswith("ENV "))
     (weights,) = re.findall(r"HEVITPOSE_WEIGHTS=(\S+)", env)
-    assert weights.startswith("/opt/hevitpose/weights/")
+    # The image serves the bundle the service itself defaults to (weights/NAME in the repository).
+    from service.settings import DEFAULT_WEIGHTS
+
+    assert weights == f"/opt/hevitpose/weights/{DEFAULT_WEIGHTS.name}.safetensors"
 
 
 def test_dockerfile_pins_the_torch_of_the_setup_script_and_a_cuda_base():
