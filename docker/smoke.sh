@@ -14,8 +14,8 @@
 #                      the PyTorch CPU index; default: /opt/wheels/torch-2.13.0+cpu-cp311-*.whl if present
 #   SMOKE_PORT         port the server listens on (127.0.0.1)     default 18000
 #   SMOKE_READY_S      how long to wait for /readyz                default 600
-#   SMOKE_KEEP=1       keep the image and base image afterwards (they are kept anyway; the
-#                      container and mounts are always removed)
+# The base image and the built image stay in podman's store (the next run reuses the base); the
+# container, its mounts and the server are removed at exit.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
