@@ -94,9 +94,11 @@ class MicroBatcher:
                 job.future.cancel()
             self.metrics.queue_depth.set(len(self._queue))
 
-    def retry_after_s(self) -> int:
-        """Time for the queue to drain at the recent pace, for the Retry-After header (1 to 60 s)."""
-        return int(min(60, max(1, math.ceil(len(self._queue) * self._seconds_per_image))))
+    def retry_after_s(self, pending: int | None = None) -> int:
+        """Time for ``pending`` images (default: the queue) to clear at the recent pace, for the
+        Retry-After header (1 to 60 s)."""
+        pending = len(self._queue) if pending is None else pending
+        return int(min(60, max(1, math.ceil(pending * self._seconds_per_image))))
 
     def _take_batch(self) -> list[PoseJob] | None:
         with self._cond:

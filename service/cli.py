@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], help="pose backend (default auto)")
     p.add_argument("--max-batch-size", type=int, help="crops per model call (default 32)")
     p.add_argument("--max-wait-ms", type=float, help="how long a crop waits for a fuller batch (default 5)")
-    p.add_argument("--queue-size", type=int, help="images waiting for the pose worker before 503 (default 64)")
+    p.add_argument("--queue-size", type=int, help="images in flight before 503 (default 64)")
     p.add_argument("--request-timeout-s", type=float, help="per-request deadline before 504 (default 10)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p

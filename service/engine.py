@@ -53,6 +53,7 @@ class PoseService:
         self.load_error: str | None = None
         self.executor = ThreadPoolExecutor(settings.cpu_workers, thread_name_prefix="cpu")
         self._loader: threading.Thread | None = None
+        self._in_flight = 0  # images admitted and not yet answered
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,6 +180,20 @@ class PoseService:
     async def predict_many(self, images: list[bytes], options: list[PredictOptions]) -> list[Prediction]:
         """Predict several images as one unit of work: all answered, or one problem for all."""
         self.check_ready()
+        assert self.batcher is not None and self.model is not None
+        # Admission: a bounded number of images in flight, counted from arrival (not only once they
+        # reach the pose queue), so an overload is refused at once instead of piling up in the
+        # thread pool until deadlines pass. Only the event loop touches the counter.
+        n = len(images)
+        if self._in_flight + n > self.settings.queue_size:
+            raise errors.queue_full(self.batcher.retry_after_s(self._in_flight))
+        self._in_flight += n
+        try:
+            return await self._predict_admitted(images, options)
+        finally:
+            self._in_flight -= n
+
+    async def _predict_admitted(self, images: list[bytes], options: list[PredictOptions]) -> list[Prediction]:
         assert self.batcher is not None and self.model is not None
         start = time.perf_counter()
         timeout = self.settings.request_timeout_s

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(32, ge=1, le=1024)  # crops per model call
     max_wait_ms: float = Field(5.0, ge=0)  # how long the first crop waits for company
-    queue_size: int = Field(64, ge=1)  # images admitted and waiting for the pose worker
+    queue_size: int = Field(64, ge=1)  # images in flight (admitted, not yet answered); beyond it 503
     request_timeout_s: float = Field(10.0, gt=0)
     cpu_workers: int = Field(2, ge=1)  # threads decoding, detecting and cropping
 
