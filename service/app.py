@@ -250,7 +250,7 @@ def create_app(settings: Settings | None = None, service: PoseService | None = N
                                        meta.keypoint_names, settings.render_keypoint_threshold)  # fmt: skip
             return imaging.encode(canvas, format)
 
-        data = await service._in_pool(draw)
+        data = await service.run_in_pool(draw)
         return Response(data, media_type="image/png" if format == "png" else "image/jpeg")
 
     return app

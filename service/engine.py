@@ -134,7 +134,7 @@ class PoseService:
             raise errors.not_ready(f"the model failed to load: {self.load_error}" if self.load_error else
                                    "the model is still loading")  # fmt: skip
 
-    async def _in_pool(self, fn, *args):
+    async def run_in_pool(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _decode(self, data: bytes) -> tuple[np.ndarray, float]:
@@ -171,7 +171,7 @@ class PoseService:
 
     async def _prepare_nth(self, i: int, n: int, data: bytes, options: PredictOptions, deadline: float):
         try:
-            return await self._in_pool(self._prepare, data, options, deadline)
+            return await self.run_in_pool(self._prepare, data, options, deadline)
         except errors.Problem as exc:
             if n > 1:
                 exc.detail = f"images[{i}]: {exc.detail}"
