@@ -234,6 +234,7 @@ def main() -> None:
         meta = BundleMeta.for_model(args.model, COCO17, input_size=list(args.input_size), version="random")
         save_bundle(build_model(args.model), meta, weights)
 
+    load_before = os.getloadavg()[0]
     image, boxes = make_request(*args.image_size, args.boxes)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -301,6 +302,7 @@ def main() -> None:
         f"| **end to end / bare model at batch {ref_batch}** | **{e2e_crops_per_s / ref:.2f}** |",
     ]
     table = "\n".join(rows)
+    load_after = os.getloadavg()[0]
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = (
         f"## Service under load\n\n"
@@ -311,8 +313,10 @@ def main() -> None:
         f"{args.boxes} client boxes per {args.image_size[0]}x{args.image_size[1]} JPEG, "
         f"{args.duration:g} s measured after {args.warmup:g} s of warm-up; max batch {args.max_batch_size}, "
         f"max wait {args.max_wait_ms:g} ms. Pose stage crops/s = crops run / seconds in model calls, from the "
-        f"server's metrics; end-to-end crops/s = boxes of the requests answered inside the window / its length. The bare model runs "
-        f"through the same runner after the server stopped, at the mean batch the service formed.\n\n{table}"
+        f"server's metrics; end-to-end crops/s = boxes of the requests answered inside the window / its "
+        f"length. The bare model runs through the same runner after the server stopped, at the mean batch the service formed (median of 1 s "
+        f"slices). 1-min load average before the run {load_before:.1f}, at its end {load_after:.1f} (this run "
+        f"included; other work on the machine shares its cores).\n\n{table}"
     )
     print(body)
     if not args.no_write:
