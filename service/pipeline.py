@@ -13,7 +13,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +82,13 @@ class PoseModel:
         self._onnx_dir = tempfile.TemporaryDirectory(prefix="hevitpose-serve-")
         try:
             self.runner = create_runner(model, self.input_size, runtime, onnx_dir=self._onnx_dir.name)
-        except ImportError as exc:
-            # ONNX export needs the onnx package; a minimal install still serves through torch.
-            log.warning("onnxruntime backend unavailable (%s); falling back to torch", exc)
-            self.runner = create_runner(model, self.input_size, RuntimeConfig(**{**runtime.__dict__, "backend": "torch"}))
+        except Exception as exc:
+            if runtime.backend != "auto":
+                raise
+            # "auto" on a CPU exports to ONNX, which needs the onnx package; an install without it
+            # still serves, through eager torch, rather than never becoming ready.
+            log.warning("fastest backend unavailable (%s: %s); using torch", type(exc).__name__, exc)
+            self.runner = create_runner(model, self.input_size, replace(runtime, backend="torch"))
         self.device: torch.device = self.runner.device
         self.backend: str = self.runner.backend
         self.dtype = str(self.runner.dtype).removeprefix("torch.")
