@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import pytest
@@ -40,7 +42,7 @@ def server(bundle):
     settings = Settings(
         weights=bundle, device="cpu", max_batch_size=8, max_wait_ms=5, queue_size=64, request_timeout_s=60,
         max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, max_persons=20, cpu_workers=2, threads=1,
-        detector_threads=1,
+        detector_threads=1, detector_score_threshold=0.1,
     )  # fmt: skip
     srv = ServerThread(settings).start()
     yield srv
@@ -144,6 +146,20 @@ def test_nanodet_mode_runs(client):
     for person in body["persons"]:  # smooth noise rarely holds a person; if it does, the box is in the image
         x1, y1, x2, y2 = person["bbox"]
         assert 0 <= x1 < x2 <= 200 and 0 <= y1 < y2 <= 150 and 0 < person["bbox_score"] <= 1
+
+
+def test_nanodet_finds_the_walker_over_http(client):
+    figure = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "network.png"
+    if not figure.is_file():
+        pytest.skip("shared/paper/network.png not beside the repository")
+    photo = cv2.imread(str(figure))[150:870, 0:560]  # the figure's input photo: one walking person
+    r = post(client, encode(photo[:, :, ::-1], ".jpg"), detector="nanodet")
+    assert r.status_code == 200, r.text
+    persons = r.json()["persons"]
+    assert persons and persons[0]["bbox_score"] >= 0.1
+    x1, y1, x2, y2 = persons[0]["bbox"]  # the best detection is the walker (hand-measured 245,155-435,580)
+    assert 200 < (x1 + x2) / 2 < 450 and 250 < (y1 + y2) / 2 < 500 and y2 - y1 > 200
+    assert len(persons[0]["keypoints"]) == 17
 
 
 def test_flip_test_and_filters(client):
