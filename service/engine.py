@@ -160,6 +160,8 @@ class PoseService:
 
     def _prepare(self, data: bytes, options: PredictOptions, deadline: float):
         """Everything before the pose worker, in one thread-pool slot."""
+        if time.monotonic() > deadline:  # its client was answered 504 while this waited for a thread
+            raise DeadlineExceeded("deadline passed before decoding")
         image, decode_s = self._decode(data)
         self.metrics.stage_duration.labels("decode").observe(decode_s)
         boxes, box_scores, detect_s = self._boxes(image, options)
