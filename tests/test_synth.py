@@ -111,6 +111,20 @@ def test_same_seed_same_dataset_whatever_the_workers(dataset: Path, tmp_path: Pa
             assert a == b
 
 
+def test_a_dataset_grows_by_later_indices(dataset: Path, tmp_path: Path) -> None:
+    base = ["synth", str(tmp_path), "--seed", str(SEED), "--width", str(SIZE), "--height", str(SIZE)]
+    base += ["--val-fraction", "0.25", "--max-people", "3"]
+    assert hevitpose(base + ["--num", "5"]) == 0
+    assert hevitpose(base + ["--num", str(NUM - 5), "--start", "5"]) == 0
+    for split in ("train", "val"):
+        grown, whole = _load(tmp_path, split), _load(dataset, split)
+        assert grown["images"] == whole["images"] and grown["annotations"] == whole["annotations"]
+    # Other settings, or indices already there, are refused before anything is rendered.
+    assert hevitpose(base[:-4] + ["--max-people", "2", "--num", "1", "--start", str(NUM)]) == 2
+    assert hevitpose(base + ["--num", "1", "--start", "3"]) == 2
+    assert hevitpose(["synth", str(tmp_path / "empty"), "--num", "1", "--start", "3"]) == 2
+
+
 def test_split_spreads_val_evenly() -> None:
     splits = [split_of(i, 0.1) for i in range(100)]
     assert splits.count("val") == 10
@@ -176,3 +190,6 @@ def test_back_view_hides_the_face(body_model: BodyModel) -> None:
 def test_bad_arguments_exit_with_usage_error(tmp_path: Path) -> None:
     assert hevitpose(["synth", str(tmp_path), "--num", "0"]) == 2
     assert hevitpose(["synth", str(tmp_path), "--num", "2", "--val-fraction", "1.5"]) == 2
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    assert hevitpose(["synth", str(not_a_dir), "--num", "2"]) == 2

@@ -275,7 +275,7 @@ def ground_plane(camera, h: int, w: int, rng: np.random.Generator, photos: list[
     rays = rays @ camera.pose[:3, :3].T
     eye = camera.pose[:3, 3]
     down = rays[..., 2] < -1e-6
-    t = np.where(down, -eye[2] / np.where(down, rays[..., 2], -1.0), np.inf)
+    t = np.where(down, -eye[2] / np.where(down, rays[..., 2], -1.0), 0.0)  # distance along the ray
     x = eye[0] + t * rays[..., 0]
     y = eye[1] + t * rays[..., 1]
     angle = rng.uniform(0, 2 * np.pi)

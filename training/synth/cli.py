@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .generate import SynthConfig, generate
 from .scene import SceneSettings
@@ -21,6 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, required=True, help="number of images")
     p.add_argument("--seed", type=int, default=0, help="same seed, same dataset (default 0)")
     p.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
+    p.add_argument(
+        "--start",
+        type=int,
+        default=0,
+        help="first image index (default 0); above 0, the images join the dataset in OUT_DIR, "
+        "which must have been made with the same options",
+    )
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of images in val (default 0.1)")
     p.add_argument("--width", type=int, default=320, help="image width in pixels (default 320)")
     p.add_argument("--height", type=int, default=320, help="image height in pixels (default 320)")
@@ -33,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     errors = []
     if args.num < 1:
         errors.append("--num must be at least 1")
+    if args.start < 0:
+        errors.append("--start must be at least 0")
     if args.workers < 1:
         errors.append("--workers must be at least 1")
     if not 0.0 <= args.val_fraction <= 1.0:
@@ -41,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         errors.append("--width and --height must lie in [16, 4096]")
     if args.max_people < 1:
         errors.append("--max-people must be at least 1")
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        errors.append(f"{args.out_dir} exists and is not a directory")
     if errors:
         for e in errors:
             print(f"hevitpose synth: {e}", file=sys.stderr)
@@ -49,11 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=args.out_dir,
         num=args.num,
         seed=args.seed,
+        start=args.start,
         workers=args.workers,
         val_fraction=args.val_fraction,
         scene=SceneSettings(width=args.width, height=args.height, max_people=args.max_people),
     )
-    summary = generate(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        summary = generate(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except ValueError as exc:
+        print(f"hevitpose synth: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     print(
         f"{summary['images']} images ({summary['train_people'] + summary['val_people']} people) in "

@@ -26,6 +26,8 @@ class SynthConfig:
     out_dir: str
     num: int
     seed: int = 0
+    # First image index: a dataset made with the same settings grows by images start..start+num-1.
+    start: int = 0
     workers: int = 1
     val_fraction: float = 0.1
     jpeg_quality: tuple[int, int] = (45, 95)
@@ -102,6 +104,9 @@ class ImageGenerator:
         )
         return result, image, rendering.instance
 
+    def close(self) -> None:
+        self.renderer.close()
+
     def write(self, index: int) -> ImageResult:
         result, image, _ = self.render(index)
         rng = image_rng(self.cfg.seed, index + (1 << 40))  # its own stream: JPEG quality only
@@ -119,7 +124,17 @@ _worker: ImageGenerator | None = None
 
 def _init_worker(cfg: SynthConfig) -> None:
     global _worker
+    _close_worker()
     _worker = ImageGenerator(cfg)
+
+
+def _close_worker() -> None:
+    # Explicitly, and before another context is made: pyrender's EGL clean-up terminates the
+    # process-wide EGL display, which would break a context created before it ran.
+    global _worker
+    if _worker is not None:
+        _worker.close()
+        _worker = None
 
 
 def _write_one(index: int) -> ImageResult:
@@ -149,18 +164,41 @@ def coco_json(results: list[ImageResult], split: str, cfg: SynthConfig) -> dict:
         images.append({"id": image_id, "file_name": r.file_name, "width": r.width, "height": r.height})
         for ann in r.annotations:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "workers")}
     return {
         "info": {
             "description": "HEViTPose synthetic people, rendered from the Anny body model (hevitpose synth)",
             "version": "1",
-            "settings": settings,
+            "settings": _settings(cfg),
         },
         "licenses": [],
         "images": images,
         "annotations": annotations,
         "categories": categories(),
     }
+
+
+def _settings(cfg: SynthConfig) -> dict:
+    """What decides the images, but not which of them or how fast."""
+    settings = asdict(cfg)
+    for key in ("out_dir", "workers", "num", "start"):
+        settings.pop(key)
+    # As JSON stores them (tuples become lists), to compare with a file's.
+    return json.loads(json.dumps(settings))
+
+
+def merge_coco(existing: dict, new: dict) -> dict:
+    """Images and annotations of both, in image order, annotation ids renumbered."""
+    existing_settings = {k: v for k, v in existing["info"]["settings"].items() if k not in ("num", "start")}
+    if existing_settings != new["info"]["settings"]:
+        raise ValueError("the dataset in OUT_DIR was made with other settings; extend it with the same ones")
+    ids = {im["id"] for im in existing["images"]}
+    if any(im["id"] in ids for im in new["images"]):
+        raise ValueError("some of these images are in OUT_DIR already; --start must lie past them")
+    merged = dict(new)
+    merged["images"] = sorted(existing["images"] + new["images"], key=lambda im: im["id"])
+    annotations = sorted(existing["annotations"] + new["annotations"], key=lambda a: a["image_id"])
+    merged["annotations"] = [{**a, "id": i + 1} for i, a in enumerate(annotations)]
+    return merged
 
 
 def _cpu_seconds() -> float:
@@ -173,24 +211,41 @@ def _cpu_seconds() -> float:
 
 
 def generate(cfg: SynthConfig, log=print) -> dict:
-    """Render cfg.num images into cfg.out_dir; returns a summary with the measured speed."""
+    """Render cfg.num images into cfg.out_dir; returns a summary with the measured speed.
+
+    With cfg.start > 0 the images join the dataset already in cfg.out_dir, which must have been
+    made with the same settings: the result is the dataset one run with start=0 would make.
+    """
     out = Path(cfg.out_dir)
+    existing = {}
+    if cfg.start > 0:
+        for split in ("train", "val"):
+            path = out / "annotations" / f"person_keypoints_{split}.json"
+            if not path.exists():
+                raise ValueError(f"--start {cfg.start}: no dataset to extend in {out} ({path} is missing)")
+            existing[split] = json.loads(path.read_text())
+            # Fail now rather than after the rendering.
+            merge_coco(existing[split], coco_json([], split, cfg))
     for split in ("train", "val"):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
     results: list[ImageResult] = []
+    indices = range(cfg.start, cfg.start + cfg.num)
     report_every = max(1, min(500, cfg.num // 20))
     if cfg.workers <= 1:
         _init_worker(cfg)
         setup_s = time.perf_counter() - start
         loop_start = time.perf_counter()
         cpu_start = _cpu_seconds()
-        for i in range(cfg.num):
-            results.append(_write_one(i))
-            if (i + 1) % report_every == 0:
-                log(f"{i + 1}/{cfg.num} images, {(i + 1) / (time.perf_counter() - loop_start):.1f} images/s")
+        try:
+            for i, index in enumerate(indices):
+                results.append(_write_one(index))
+                if (i + 1) % report_every == 0:
+                    log(f"{i + 1}/{cfg.num} images, {(i + 1) / (time.perf_counter() - loop_start):.1f} images/s")
+        finally:
+            _close_worker()
     else:
         # Spawned, not forked: an OpenGL context and torch's thread pool do not survive a fork.
         ctx = multiprocessing.get_context("spawn")
@@ -198,7 +253,7 @@ def generate(cfg: SynthConfig, log=print) -> dict:
             setup_s = 0.0
             loop_start = time.perf_counter()
             cpu_start = _cpu_seconds()
-            for i, result in enumerate(pool.imap_unordered(_write_one, range(cfg.num), chunksize=4)):
+            for i, result in enumerate(pool.imap_unordered(_write_one, indices, chunksize=4)):
                 results.append(result)
                 if (i + 1) % report_every == 0:
                     log(f"{i + 1}/{cfg.num} images, {(i + 1) / (time.perf_counter() - loop_start):.1f} images/s")
@@ -210,11 +265,14 @@ def generate(cfg: SynthConfig, log=print) -> dict:
     counts = {}
     for split in ("train", "val"):
         data = coco_json(results, split, cfg)
+        if split in existing:
+            data = merge_coco(existing[split], data)
         with open(out / "annotations" / f"person_keypoints_{split}.json", "w") as f:
             json.dump(data, f)
         counts[split] = (len(data["images"]), len(data["annotations"]))
     summary = {
         "images": cfg.num,
+        "dataset_images": counts["train"][0] + counts["val"][0],
         "train_images": counts["train"][0],
         "train_people": counts["train"][1],
         "val_images": counts["val"][0],
