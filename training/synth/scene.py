@@ -132,7 +132,12 @@ def sample_scene(
                 size = np.array([rng.uniform(0.05, 0.4), rng.uniform(0.05, 0.4), rng.uniform(1.5, 3.5)])
             else:  # a crate, a table, a low wall
                 size = np.array([rng.uniform(0.2, 1.5), rng.uniform(0.1, 0.8), rng.uniform(0.3, 1.5)])
-            meshes.append(_box(center, size, rng.uniform(0, np.pi), random_color(rng), rng))
+            box = _box(center, size, rng.uniform(0, np.pi), random_color(rng), rng)
+            # A box next to the camera would fill the frame and hide everyone: drop it.
+            uv, depth = camera.project(box.vertices)
+            lo, hi = np.clip(uv.min(0), 0, [w, h]), np.clip(uv.max(0), 0, [w, h])
+            if depth.min() > 0.3 and np.prod(hi - lo) < 0.3 * w * h:
+                meshes.append(box)
 
     lights = []
     for k in range(int(rng.integers(1, 4))):
