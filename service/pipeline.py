@@ -21,6 +21,8 @@ import torch
 
 from model.bundle import BundleMeta, bundle_paths, load_bundle, sha256
 from model.codec import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     bbox_to_center_scale,
     decode_heatmaps,
     get_warp_matrix,
@@ -79,6 +81,9 @@ class PoseModel:
         self.bbox_padding = bbox_padding
         self.stride = int(meta.heatmap_stride)
         self.flip_index = meta.flip_index
+        # The bundle says how its network was normalised (ImageNet's statistics unless trained otherwise).
+        self._mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self._onnx_dir = tempfile.TemporaryDirectory(prefix="hevitpose-serve-")
         try:
             self.runner = create_runner(model, self.input_size, runtime, onnx_dir=self._onnx_dir.name)
@@ -113,6 +118,12 @@ class PoseModel:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def normalize(self, crops: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) RGB in [0, 255] -> network input, with the bundle's mean and std."""
+        if self.meta.mean == list(IMAGENET_MEAN) and self.meta.std == list(IMAGENET_STD):
+            return normalize(crops)
+        return (crops - self._mean.to(crops.device)) / self._std.to(crops.device)
+
     # ------------------------------------------------------------------ request side
 
     def prepare_job(self, image: np.ndarray, bboxes: np.ndarray, flip_test: bool, deadline: float) -> PoseJob:
@@ -122,7 +133,7 @@ class PoseModel:
         inputs = None
         if not self.crop_on_device:
             crops = np.stack([warp_crop(image, m, self.input_size) for m in matrices])  # (N, h, w, 3)
-            inputs = normalize(torch.from_numpy(crops).permute(0, 3, 1, 2).float())
+            inputs = self.normalize(torch.from_numpy(crops).permute(0, 3, 1, 2).float())
         return PoseJob(image, bboxes, matrices, inputs, flip_test, deadline, crop_s=time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ worker side
@@ -134,7 +145,7 @@ class PoseModel:
         index = [i for i, job in enumerate(jobs) for _ in range(job.num_crops)]
         matrices = torch.from_numpy(np.concatenate([job.matrices for job in jobs])).to(self.device)
         crops = warp_crops_torch([im.float() for im in images], index, matrices.float(), self.input_size)
-        return normalize(crops)
+        return self.normalize(crops)
 
     def run_jobs(
         self, jobs: list[PoseJob], max_batch_size: int, on_call: Callable[[int], None] | None = None

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from service import errors, imaging
 from service.batching import DeadlineExceeded, MicroBatcher, QueueFull, Stopped
@@ -247,3 +248,22 @@ def test_mutated_images_are_decoded_or_refused_never_crash():
             assert exc.status in (400, 413, 415)
             outcomes.add(exc.status)
     assert {"ok", 400} <= outcomes
+
+
+def test_bundle_normalisation_is_honoured(tmp_path):
+    import json as _json
+
+    from _service_util import make_bundle
+    from model.runtime import RuntimeConfig
+    from service.pipeline import PoseModel
+
+    path = make_bundle(tmp_path)
+    pose = PoseModel(path, RuntimeConfig(device="cpu", backend="torch"))
+    crops = torch.full((1, 3, 8, 8), 128.0)
+    imagenet = pose.normalize(crops)
+    meta = _json.loads(path.with_suffix(".json").read_text())
+    meta["mean"], meta["std"] = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    path.with_suffix(".json").write_text(_json.dumps(meta))
+    custom = PoseModel(path, RuntimeConfig(device="cpu", backend="torch")).normalize(crops)
+    torch.testing.assert_close(custom, (crops - 127.5) / 63.75)
+    assert not torch.allclose(custom, imagenet)
