@@ -127,3 +127,51 @@ def test_every_setting_is_documented():
     docs = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text()
     for name in Settings.model_fields:
         assert f"`HEVITPOSE_{name.upper()}`" in docs, name
+
+
+def test_hevitpose_serve_command(bundle, tmp_path):
+    """The real command: flags and environment, JSON logs with request ids, clean exit on SIGTERM."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEVITPOSE_")}
+    env.update(HEVITPOSE_MAX_BATCH_SIZE="4", HEVITPOSE_DETECTOR_THREADS="1")
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "model.cli", "serve", "--weights", str(bundle), "--port", str(port),
+             "--device", "cpu", "--backend", "torch"],
+            cwd=Path(__file__).resolve().parents[1], env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        (info,) = httpx.get(url + "/v1/models").json()["models"]
+        assert info["backend"] == "torch"
+        r = httpx.post(url + "/v1/predict", files={"image": ("x.jpg", JPEG, "image/jpeg")},
+                       data={"detector": "whole_image"}, headers={"X-Request-ID": "cli-test-1"})  # fmt: skip
+        assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]  # all JSON
+    assert lines and all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
+    access = [line for line in lines if line.get("request_id") == "cli-test-1"]
+    assert access and access[0]["path"] == "/v1/predict" and access[0]["status"] == 200
+    assert any(line["msg"] == "model ready" for line in lines)
+    assert any("shutdown complete" in line["msg"].lower() for line in lines)
