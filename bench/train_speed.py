@@ -256,7 +256,7 @@ def main() -> None:
     for name, step, e2e in rows:
         workers_needed = step / per_worker["samples_per_s"]
         lines.append(f"| {name} training step ({device.type}, {precision}) | {step:.1f} | batch {batch}, tensors ready; "
-                     f"needs ~{workers_needed:.1f} workers to feed |")  # fmt: skip
+                     f"needs ~{workers_needed:.2g} workers to feed |")  # fmt: skip
         lines.append(f"| {name} end to end (runner, {args.workers} workers) | {e2e:.1f} | {e2e / step:.2f}x of the step alone |")
     body = (
         f"## Training throughput\n\n`bench/train_speed.py --duration {args.duration:g}`, {date.today().isoformat()}, "

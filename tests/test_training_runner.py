@@ -99,7 +99,8 @@ def test_resume_continues_exactly(tmp_path, coco_root):
 def test_sigterm_checkpoints_mid_epoch_and_resume_matches(tmp_path, coco_root, monkeypatch):
     extra = {"optim": {"epochs": 3}, "eval": {"interval": 100}}
     straight = write_config(tmp_path / "a.yaml", "coco", coco_root, tmp_path / "a", extra)
-    assert train_main([str(straight), "run.max_steps=3"]) == 0
+    # two loader workers here, none below: samples must not depend on who makes them
+    assert train_main([str(straight), "run.max_steps=3", "data.workers=2"]) == 0
     real_loss, calls = engine.heatmap_loss, []
 
     def loss_then_kill(*args):

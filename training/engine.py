@@ -41,6 +41,28 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class EpochSampler:
+    """This rank's share of an epoch as ``(epoch, index)`` keys, from a given batch on.
+
+    The order is ``DistributedSampler``'s (seeded, reshuffled by epoch); carrying the epoch in
+    the key lets one set of persistent loader workers serve the whole run.
+    """
+
+    def __init__(self, size: int, world: int, rank: int, seed: int):
+        self.sampler = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        return iter([(self.epoch, i) for i in list(self.sampler)[self.start :]])
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.start
+
+
 def heatmap_loss(heatmaps: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """MMPose's ``JointsMSELoss(use_target_weight=True)``: MSE of weighted heatmaps, mean over all."""
     w = weight[:, :, None, None]
@@ -192,24 +214,22 @@ class Trainer:
         if self.dist.main:
             print(*args, file=sys.stderr, flush=True)
 
-    def loader(self, dataset, indices: list[int], batch_size: int) -> DataLoader:
+    def loader(self, dataset, sampler, batch_size: int, persistent: bool = False) -> DataLoader:
         workers = self.cfg.data.workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=indices,
+            sampler=sampler,
             num_workers=workers,
             pin_memory=self.cfg.data.pin_memory and self.device.type == "cuda",
             worker_init_fn=_worker_init if workers else None,
             prefetch_factor=4 if workers else None,
+            persistent_workers=persistent and workers > 0,
+            # Forking a process that already runs threads (TensorBoard's writer, OpenMP and
+            # onnxruntime pools) can leave a worker deadlocked on a lock copied mid-use; a fork
+            # server starts workers from a clean process instead, once per run.
+            multiprocessing_context="forkserver" if workers else None,
         )
-
-    def train_indices(self, epoch: int) -> list[int]:
-        sampler = DistributedSampler(
-            self.train_set, num_replicas=self.dist.world, rank=self.dist.rank, shuffle=True, seed=self.cfg.run.seed
-        )
-        sampler.set_epoch(epoch)
-        return list(sampler)
 
     def all_mean(self, value: torch.Tensor) -> torch.Tensor:
         if self.dist.enabled:
@@ -281,6 +301,8 @@ class Trainer:
         )
         run_start, start_step = time.perf_counter(), self.step
         stopped = False
+        self.train_sampler = EpochSampler(len(self.train_set), self.dist.world, self.dist.rank, cfg.run.seed)
+        self.train_loader = self.loader(self.train_set, self.train_sampler, self.batch_size, persistent=True)
         previous_handlers = self._catch_signals()
         try:
             while self.epoch < cfg.optim.epochs and not stopped:
@@ -305,6 +327,7 @@ class Trainer:
                 if improved and path is not None:
                     ckpt.copy_atomic(path, self.out_dir / "best.pt")
         finally:
+            self.train_loader = None  # shuts the persistent workers down
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
             if logger:
@@ -334,8 +357,8 @@ class Trainer:
         """One epoch from ``batch_in_epoch`` on; True when ``run.max_steps`` stopped it early."""
         cfg = self.cfg
         self.train_set.set_epoch(self.epoch)
-        indices = self.train_indices(self.epoch)[self.batch_in_epoch * self.batch_size :]
-        loader = self.loader(self.train_set, indices, self.batch_size)
+        self.train_sampler.set_epoch(self.epoch, self.batch_in_epoch * self.batch_size)
+        loader = self.train_loader
         self.model.train()
         bar = None
         if self.dist.main and cfg.run.progress:
@@ -390,10 +413,15 @@ class Trainer:
                 else:
                     reason = "run.max_steps"
                 if not math.isfinite(mean_loss):
+                    last = self.out_dir / "last.pt"
+                    kept = (
+                        f"the last good checkpoint is kept: {last}"
+                        if last.is_file()
+                        else "no checkpoint had been written yet"
+                    )
                     raise NonFiniteLoss(
                         f"loss became {mean_loss} between steps {self.step - window_steps + 1} and {self.step} "
-                        f"(epoch {self.epoch + 1}); stopping. The last good checkpoint is kept: "
-                        f"{self.out_dir / 'last.pt'} (epoch {self.epoch}, step {self.step - self.batch_in_epoch})"
+                        f"(epoch {self.epoch + 1}); stopping, {kept}. Lower optim.lr or check the data."
                     )
                 elapsed = time.perf_counter() - window_start
                 rate = window_samples / max(elapsed, 1e-9)

@@ -142,7 +142,10 @@ class TopDownDataset(Dataset):
             image = None
         return image
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``dataset[i]``, or ``dataset[(epoch, i)]`` as the training sampler asks for it, so that
+        persistent loader workers need not be told the epoch."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         inst = self.instances
         codec = self.codec
         w, h = codec.input_size
@@ -152,7 +155,7 @@ class TopDownDataset(Dataset):
         valid = image is not None
         image_width = image.shape[1] if valid else 1
         if self.train:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, epoch, index])
             crop, keypoints, visible = random_crop(
                 center, scale, keypoints, visible, image_width, self.flip_index, codec.aspect_ratio, self.augment, rng
             )
