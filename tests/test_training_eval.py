@@ -119,3 +119,32 @@ def test_rescoring_and_oks_nms():
     np.testing.assert_allclose(oks_iou(person, near[None], 5000.0, areas[:1], sigmas), [expected])
     assert oks_nms(kps, np.array([0.8, 0.9, 0.5]), areas, 0.9, sigmas) == [1, 2]
     assert oks_nms(kps, np.array([0.8, 0.9, 0.5]), areas, 0.9999, sigmas) == [1, 0, 2]
+
+
+def test_coco_evaluation_on_detected_boxes_end_to_end(tmp_path):
+    """Detections equal to the ground-truth boxes (plus a duplicate and a low-score box), the
+    ground-truth keypoints as predictions: rescoring, OKS-NMS and COCOeval give AP 1."""
+    from training.build import evaluate, val_dataset
+    from training.config import config_from_dict
+
+    ann_file, anns = _coco_gt(tmp_path)
+    root = ann_file.parent.parent
+    dets = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9} for a in anns]
+    dets.append({**dets[0], "score": 0.5})  # a duplicate: suppressed by OKS-NMS
+    dets.append({"image_id": anns[0]["image_id"], "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.01})
+    (root / "dets.json").write_text(json.dumps(dets))
+    cfg = config_from_dict({
+        "model": {"name": "hevitpose-t", "input_size": [64, 64]},
+        "data": {"dataset": "coco", "root": str(root), "det_results": "dets.json", "det_bbox_thr": 0.1},
+    })  # fmt: skip
+    dataset = val_dataset(cfg)
+    assert len(dataset) == len(anns) + 1  # the 0.01 box is filtered out
+    gt = {a["image_id"]: np.reshape(a["keypoints"], (17, 3))[:, :2] for a in anns}
+    pred = {
+        "index": np.arange(len(dataset)),
+        "keypoints": np.stack([gt[i] for i in dataset.instances.image_ids]),
+        "scores": np.full((len(dataset), 17), 0.8),
+        "valid": np.ones(len(dataset), bool),
+    }
+    m = evaluate(cfg, dataset, pred)
+    assert m["AP"] == 1.0 and m["AR"] == 1.0

@@ -124,7 +124,12 @@ def eval_main(argv: list[str]) -> int:
     model = model.to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.eval.batch_size, num_workers=cfg.data.workers)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.eval.batch_size,
+        num_workers=cfg.data.workers,
+        multiprocessing_context="forkserver" if cfg.data.workers else None,
+    )
     pred = predict(model, loader, kset.flip_index, cfg.eval, device, autocast_dtype(cfg, device), cfg.run.channels_last)
     metrics = evaluate(cfg, dataset, pred)
     skipped = int((~pred["valid"]).sum())
