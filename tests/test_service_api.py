@@ -356,13 +356,15 @@ def test_unknown_route_and_method(client):
 def test_many_concurrent_clients(server, client):
     images = [jpeg(96 + 8 * (i % 5), 96, seed=100 + i) for i in range(32)]
     boxes = [[[4 + i % 7, 6, 60 + i % 9, 90]] for i in range(32)]
-    solo = [post(client, images[i], boxes=boxes[i]).json() for i in range(4)]
+    flip = ["true" if i % 2 else "false" for i in range(32)]  # flip and plain crops share batches
+    solo = [post(client, images[i], boxes=boxes[i], flip_test=flip[i]).json() for i in range(6)]
 
     async def drive():
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as ac:
             async def one(i):
                 files = {"image": ("x.jpg", images[i], "image/jpeg")}
-                return await ac.post("/v1/predict", files=files, data={"boxes": json.dumps(boxes[i])})
+                data = {"boxes": json.dumps(boxes[i]), "flip_test": flip[i]}
+                return await ac.post("/v1/predict", files=files, data=data)
 
             return await asyncio.gather(*(one(i) for i in range(32)))
 
@@ -372,13 +374,13 @@ def test_many_concurrent_clients(server, client):
         body = r.json()
         assert body["image"]["width"] == 96 + 8 * (i % 5)
         assert body["persons"][0]["bbox"] == boxes[i][0]
-    for i in range(4):  # batched with strangers, each request still gets its own answer
+    for i in range(6):  # batched with strangers, each request still gets its own answer
         a = np.array([[k["x"], k["y"]] for k in solo[i]["persons"][0]["keypoints"]])
         b = np.array([[k["x"], k["y"]] for k in responses[i].json()["persons"][0]["keypoints"]])
         np.testing.assert_allclose(a, b, atol=0.05)
     # and afterwards the server still answers correctly
     assert client.get("/healthz").status_code == 200
-    again = post(client, images[0], boxes=boxes[0]).json()
+    again = post(client, images[0], boxes=boxes[0], flip_test="false").json()
     assert again["persons"][0]["keypoints"] == solo[0]["persons"][0]["keypoints"]
 
 
