@@ -40,7 +40,12 @@ def test_incomplete_dataset_names_the_missing_file(tmp_path):
         val_dataset(_cfg(root))
     with pytest.raises(DatasetError, match="images/nope"):
         train_dataset(_cfg(root, train_images="images/nope"))
-    mpii = make_mpii(tmp_path / "mpii", n_train=1, n_val=1)
+    mpii = make_mpii(tmp_path / "mpii", n_train=1, n_val=2)
+    val_json = mpii / "annotations" / "mpii_val.json"
+    records = json.loads(val_json.read_text())
+    val_json.write_text(json.dumps(records[:1]))
+    with pytest.raises(DatasetError, match="1 people but .* has 2"):
+        val_dataset(_cfg(mpii, "mpii"))
     (mpii / "annotations" / "mpii_gt_val.mat").unlink()
     with pytest.raises(DatasetError, match="mpii_gt_val.mat"):
         val_dataset(_cfg(mpii, "mpii"))

@@ -8,7 +8,7 @@ import numpy as np
 
 from model.codec import CodecConfig
 from training.config import AugmentConfig, TrainConfig
-from training.datasets import Instances, load_coco, load_mpii, require
+from training.datasets import DatasetError, Instances, load_coco, load_mpii, require
 from training.evaluation import coco_keypoint_ap, coco_results, load_mpii_gt, mpii_pckh
 from training.transforms import TopDownDataset
 
@@ -50,6 +50,14 @@ def train_dataset(cfg: TrainConfig) -> TopDownDataset:
 
 def val_dataset(cfg: TrainConfig) -> TopDownDataset:
     instances = load_instances(cfg, "val")
+    if cfg.data.dataset == "mpii":
+        # Checked now, not after the first ten epochs: the official evaluation pairs people by order.
+        n_gt = load_mpii_gt(_path(cfg, cfg.data.mpii_gt))["pos_gt_src"].shape[2]
+        if n_gt != len(instances):
+            raise DatasetError(
+                f"{_path(cfg, cfg.data.val_ann)} has {len(instances)} people but "
+                f"{_path(cfg, cfg.data.mpii_gt)} has {n_gt}; they must list the same people in the same order"
+            )
     if cfg.run.max_val_samples and cfg.data.dataset == "coco":
         # whole images only, so that COCOeval sees every person of the images it scores
         keep_ids = list(dict.fromkeys(instances.image_ids.tolist()))[: cfg.run.max_val_samples]

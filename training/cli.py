@@ -32,7 +32,7 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
     args = parser.parse_intermixed_args(argv)
 
-    from training.config import ConfigError, load_config
+    from training.config import load_config
     from training.datasets import DatasetError
     from training.engine import NonFiniteLoss, Trainer
 
@@ -41,7 +41,7 @@ def train_main(argv: list[str]) -> int:
         if args.resume and not (cfg.out_dir / "last.pt").is_file():
             return _fail("train", f"--resume: no checkpoint at {cfg.out_dir / 'last.pt'}")
         trainer = Trainer(cfg, resume=args.resume)
-    except (ConfigError, DatasetError) as exc:
+    except (ValueError, DatasetError) as exc:  # ConfigError is a ValueError
         return _fail("train", str(exc))
     try:
         result = trainer.fit()
