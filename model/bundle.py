@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from model.codec import IMAGENET_MEAN, IMAGENET_STD
 from model.hevitpose import HEATMAP_STRIDE, HEViTPose, build_model
-from model.keypoints import KeypointSet, keypoint_set_for
+from model.keypoints import KeypointSet, flip_index
 
 
 @dataclass
@@ -53,10 +53,7 @@ class BundleMeta:
 
     @property
     def flip_index(self) -> list[int]:
-        index = list(range(self.num_keypoints))
-        for a, b in self.flip_pairs:
-            index[a], index[b] = b, a
-        return index
+        return flip_index(self.num_keypoints, self.flip_pairs)
 
 
 def bundle_paths(path: str | Path) -> tuple[Path, Path]:
@@ -106,6 +103,3 @@ def sha256(path: str | Path) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
-
-def default_meta(model_name: str, num_keypoints: int) -> BundleMeta:
-    return BundleMeta.for_model(model_name, keypoint_set_for(num_keypoints))

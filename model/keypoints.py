@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -27,11 +28,15 @@ class KeypointSet:
 
     @property
     def flip_index(self) -> list[int]:
-        """For each keypoint, the index of its mirror image (itself when unpaired)."""
-        index = list(range(self.num_keypoints))
-        for a, b in self.flip_pairs:
-            index[a], index[b] = b, a
-        return index
+        return flip_index(self.num_keypoints, self.flip_pairs)
+
+
+def flip_index(num_keypoints: int, flip_pairs: Sequence[Sequence[int]]) -> list[int]:
+    """For each keypoint, the index of its mirror image (itself when unpaired)."""
+    index = list(range(num_keypoints))
+    for a, b in flip_pairs:
+        index[a], index[b] = b, a
+    return index
 
 
 COCO17 = KeypointSet(
