@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(summary))
     print(
-        f"{summary['images']} images ({summary['train_people'] + summary['val_people']} people) in "
-        f"{summary['seconds']} s: {summary['images_per_s']} images/s with {summary['workers']} worker(s), "
-        f"{summary['images_per_cpu_s']} images per CPU-second",
+        f"{summary['images']} images in {summary['seconds']} s: {summary['images_per_s']} images/s with "
+        f"{summary['workers']} worker(s), {summary['images_per_cpu_s']} images per CPU-second; the dataset "
+        f"has {summary['dataset_images']} images, {summary['train_people'] + summary['val_people']} people",
         file=sys.stderr,
     )
     return 0

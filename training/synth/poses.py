@@ -3,7 +3,7 @@
 Anny ships no pose library beyond its rest (A-) pose and T-pose, so poses are drawn here: an
 activity (standing, walking, running, sitting, crouching, kneeling, bending, lunging, free)
 sets the legs and trunk, each arm gets its own gesture, and every joint gets noise on top,
-clipped to its range of motion. Angles are in degrees about the bone-local axes of Anny's
+clipped to its range of motion; fingers curl from open to a fist. Angles are in degrees about the bone-local axes of Anny's
 "local-bone" parameterisation (y along the bone, x the hinge of elbows and knees), written
 for the left side; the right side mirrors them (y and z negated).
 """
@@ -202,4 +202,19 @@ def sample_pose(rng: np.random.Generator, activity: str | None = None) -> tuple[
         if bone.endswith(".R"):
             a = _mirror(a)
         rotations[bone] = rotation_matrix(a)
+    rotations.update(_hands(rng))
     return activity, rotations
+
+
+def _hands(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Fingers from open (Anny's rest pose, spread flat) to a fist; x > 0 curls every joint."""
+    rotations = {}
+    for side in "LR":
+        curl = rng.uniform(0.0, 0.3) if rng.random() < 0.2 else rng.uniform(0.3, 1.0)
+        for finger in range(1, 6):
+            # The thumb bends less; the other fingers bend most at the middle joint.
+            full = np.array([25.0, 30.0, 30.0]) if finger == 1 else np.array([70.0, 85.0, 55.0])
+            c = np.clip(curl + rng.normal(0, 0.1), 0, 1)
+            for joint in range(3):
+                rotations[f"finger{finger}-{joint + 1}.{side}"] = rotation_matrix(np.array([c * full[joint], 0, 0]))
+    return rotations
