@@ -29,8 +29,9 @@ LIMITS: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, f
     "head": ((-25, 30), (-40, 40), (-15, 15)),
 }
 SPINE = ("spine01", "spine02", "spine03", "spine04", "spine05")
-ACTIVITIES = ("stand", "walk", "run", "sit", "crouch", "kneel", "bend", "lunge", "free")
-ACTIVITY_WEIGHTS = (0.2, 0.18, 0.12, 0.12, 0.08, 0.06, 0.07, 0.07, 0.1)
+# "lie": legs loosely bent; the scene lays the body down on its back, front or side.
+ACTIVITIES = ("stand", "walk", "run", "sit", "crouch", "kneel", "bend", "lunge", "lie", "free")
+ACTIVITY_WEIGHTS = (0.2, 0.18, 0.12, 0.12, 0.08, 0.06, 0.07, 0.07, 0.04, 0.1)
 ARM_GESTURES = ("down", "relaxed", "forward", "raised", "side", "wave", "hip", "chest", "free")
 ARM_WEIGHTS = (0.14, 0.18, 0.12, 0.1, 0.1, 0.1, 0.08, 0.08, 0.1)
 
@@ -104,6 +105,11 @@ def _legs(activity: str, rng: np.random.Generator) -> tuple[dict[str, np.ndarray
         hip[front][0], knee[front][0] = _u(rng, -95, -50), _u(rng, 50, 100)
         hip[back][0], knee[back][0] = _u(rng, 0, 30), _u(rng, 0, 40)
         trunk = _u(rng, -5, 30)
+    elif activity == "lie":
+        for s in "LR":
+            hip[s][0] = _u(rng, -50, 10)
+            knee[s][0] = _u(rng, 0, 70)
+        trunk = _u(rng, -10, 20)
     else:  # free: anywhere within the limits, legs more often low
         for s in "LR":
             hip[s] = np.array([_u(rng, -110, 25), _u(rng, -30, 30), _u(rng, -45, 15)])

@@ -61,6 +61,40 @@ def _box(center: np.ndarray, size: np.ndarray, yaw: float, color: np.ndarray, rn
     return _flat_mesh(vertices, faces, color, rng)
 
 
+def _rotation(axis: int, angle_deg: float) -> np.ndarray:
+    a = np.radians(angle_deg)
+    c, s = np.cos(a), np.sin(a)
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    r = np.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def _lie_down(body: PosedBody, rng: np.random.Generator) -> None:
+    """Lay a body on the ground on its back, front or side, pelvis over the origin."""
+    kind = rng.integers(3)
+    if kind == 0:  # on the back: the front (-y) turns up
+        rot = _rotation(0, -90 + rng.normal(0, 5))
+    elif kind == 1:  # on the front
+        rot = _rotation(0, 90 + rng.normal(0, 5))
+    else:  # on one side
+        rot = _rotation(1, rng.choice([-90.0, 90.0]) + rng.normal(0, 5))
+    vertices, keypoints = body.vertices @ rot.T, body.keypoints @ rot.T
+    shift = np.array([keypoints[11:13, 0].mean(), keypoints[11:13, 1].mean(), vertices[:, 2].min()])
+    body.vertices, body.keypoints = vertices - shift, keypoints - shift
+
+
+def _seat(keypoints: np.ndarray, yaw: float, rng: np.random.Generator) -> MeshSpec | None:
+    """A stool or bench under a sitting person's hips, or None when the hips are too low."""
+    hips, knees = keypoints[11:13].mean(0), keypoints[13:15].mean(0)
+    top = hips[2] - 0.1  # about the thickness of the thighs under the hip joints
+    if top < 0.15:
+        return None
+    center = hips + 0.3 * (knees - hips)
+    size = np.array([rng.uniform(0.4, 1.2), rng.uniform(0.35, 0.5), top])
+    return _box(np.array([center[0], center[1], 0.0]), size, yaw, random_color(rng), rng)
+
+
 def sample_scene(
     model: BodyModel, rng: np.random.Generator, settings: SceneSettings
 ) -> tuple[SceneSpec, list[Person]]:
@@ -69,12 +103,16 @@ def sample_scene(
     phenotypes = [sample_phenotype(rng) for _ in range(n_people)]
     poses = [sample_pose(rng) for _ in range(n_people)]
     bodies = model.pose(phenotypes, [rot for _, rot in poses])
+    for body, (activity, _) in zip(bodies, poses):
+        if activity == "lie":
+            _lie_down(body, rng)
 
     # The camera frames the first person; the others stand around, in front or behind.
     fov = np.radians(rng.uniform(*settings.fov_deg))
     fy = (h / 2) / np.tan(fov / 2)
     fx = fy
-    main_h = float(bodies[0].vertices[:, 2].max())
+    # The first person's size: its height, or its length when it lies down.
+    main_h = float(max(np.ptp(bodies[0].vertices[:, 2]), 0.7 * np.ptp(bodies[0].vertices[:, :2], axis=0).max()))
     if rng.random() < settings.close_up_probability:
         scale = rng.uniform(settings.person_scale[1], 1.6)
     else:
@@ -106,7 +144,8 @@ def sample_scene(
                 continue
             placed.append(position)
         base = np.array([placed[-1][0], placed[-1][1], 0.0])
-        rot = _yaw(rng.uniform(0, 2 * np.pi))
+        yaw = rng.uniform(0, 2 * np.pi)
+        rot = _yaw(yaw)
         vertices = body.vertices @ rot.T + base
         keypoints = body.keypoints @ rot.T + base
         # A joint seen on its own limb is visible if it lies no deeper behind the surface than
@@ -122,6 +161,10 @@ def sample_scene(
             )
         )
         persons.append(Person(body, poses[i][0], vertices, keypoints, tolerance))
+        if poses[i][0] == "sit" and rng.random() < 0.7:
+            seat = _seat(keypoints, yaw, rng)
+            if seat is not None:
+                meshes.append(seat)
 
     if rng.random() < settings.occluder_probability:
         for _ in range(int(rng.integers(1, 3))):
