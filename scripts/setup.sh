@@ -22,3 +22,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned in the same command: a looser requirement would pull several GB of CUDA wheels.
 .venv/bin/python -m pip install -q torch==2.13.0 -e ".${extras:+[$extras]}"
+if [ "$mode" = test ]; then
+  # The Anny body model builds an ~800 MB cache on first use (about a minute); do it here, not in a test.
+  .venv/bin/python -c "import anny; anny.Anny()" >/dev/null
+fi
