@@ -332,6 +332,10 @@ class Trainer:
                 signal.signal(sig, handler)
             if logger:
                 logger.close()
+        if self.dist.enabled:
+            parts: list[Any] = [None] * self.dist.world
+            dist.all_gather_object(parts, self.skipped_images)
+            self.skipped_images = set().union(*parts)
         if self.skipped_images:
             self.print(
                 f"{len(self.skipped_images)} image(s) could not be read and their people were skipped: "
