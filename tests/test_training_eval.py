@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from model.keypoints import COCO17, MPII16
+from model.keypoints import COCO17
 from training.evaluation import coco_keypoint_ap, coco_results, load_mpii_gt, mpii_pckh, oks_iou, oks_nms, rescore
 
 from _training_data import MPII_MAT_NAMES, make_coco, make_mpii

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,7 +13,7 @@ import training.engine as engine
 from model.bundle import load_bundle
 from training.cli import eval_main, export_main, train_main
 from training.config import load_config
-from training.engine import NonFiniteLoss, Trainer
+from training.engine import Trainer
 
 from _training_data import make_coco, make_mpii, write_config
 
