@@ -119,10 +119,15 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_matches(tmp_path, coco_root, m
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_without_a_checkpoint_is_an_error(tmp_path, coco_root, capsys):
+def test_resume_without_a_checkpoint_and_a_new_run_over_an_old_one_are_errors(tmp_path, coco_root, capsys):
     cfg = write_config(tmp_path / "c.yaml", "coco", coco_root, tmp_path / "none")
     assert train_main([str(cfg), "--resume"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "last.pt").write_bytes(b"precious")
+    assert train_main([str(cfg)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "none" / "last.pt").read_bytes() == b"precious"
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, coco_root, monkeypatch, capsys):

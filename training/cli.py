@@ -40,6 +40,12 @@ def train_main(argv: list[str]) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.resume and not (cfg.out_dir / "last.pt").is_file():
             return _fail("train", f"--resume: no checkpoint at {cfg.out_dir / 'last.pt'}")
+        if not args.resume and (cfg.out_dir / "last.pt").is_file():
+            return _fail(
+                "train",
+                f"{cfg.out_dir} already holds a run (last.pt); continue it with --resume, "
+                "or start a new one with another run.out_dir",
+            )
         trainer = Trainer(cfg, resume=args.resume)
     except (ValueError, DatasetError) as exc:  # ConfigError is a ValueError
         return _fail("train", str(exc))

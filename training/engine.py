@@ -163,6 +163,7 @@ class Trainer:
         self.val_metrics: dict[str, float] = {}
         self.skipped_images: set[str] = set()
         self.stop_requested = False  # set by SIGTERM/SIGINT: checkpoint at the next step, then stop
+        self.resumed = resume
         if resume:
             self.load(self.out_dir / "last.pt")
 
@@ -204,6 +205,11 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        if state.get("world_size", 1) != self.dist.world:
+            self.print(
+                f"warning: {path} was written by {state['world_size']} process(es), this run has {self.dist.world}; "
+                "the batches of the interrupted epoch will not be exactly those of an uninterrupted run"
+            )
         self.best, self.val_metrics = state["best"], state["val_metrics"]
         ckpt.set_rng_state(state["rng"])
         self.print(f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batch_in_epoch}, step {self.step}")
@@ -290,6 +296,8 @@ class Trainer:
         if self.dist.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+            if not self.resumed:
+                (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run, fresh records
         logger = MetricsLogger(self.out_dir, cfg.run.tensorboard) if self.dist.main else None
         total_steps = cfg.optim.epochs * self.iters_per_epoch
         if cfg.run.max_steps:
