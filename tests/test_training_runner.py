@@ -84,6 +84,7 @@ def test_resume_continues_exactly(tmp_path, coco_root):
     half = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     assert (half["step"], half["epoch"], half["batch_in_epoch"]) == (2, 0, 2)
     assert train_main([str(split), "--resume", "run.max_steps=4"]) == 0
+    assert train_main([str(split), "--resume", "run.max_steps=4"]) == 0  # already there: no extra step
     a, b = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]

@@ -309,6 +309,9 @@ class Trainer:
         )
         run_start, start_step = time.perf_counter(), self.step
         stopped = False
+        if cfg.run.max_steps and self.step >= cfg.run.max_steps:
+            self.print(f"already at step {self.step} >= run.max_steps {cfg.run.max_steps}; nothing to do")
+            return {"step": self.step, "epoch": self.epoch, "val": self.val_metrics, "best": self.best, "stopped": True}
         self.train_sampler = EpochSampler(len(self.train_set), self.dist.world, self.dist.rank, cfg.run.seed)
         self.train_loader = self.loader(self.train_set, self.train_sampler, self.batch_size, persistent=True)
         previous_handlers = self._catch_signals()
