@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from model import build_model  # noqa: E402
 from model.flops import full_macs  # noqa: E402
 from model.onnx import export_onnx  # noqa: E402
 from model.runtime import OnnxRunner  # noqa: E402
+from report import machine, write_section  # noqa: E402  (bench/ is on sys.path)
 
 DEFAULT_MODELS = ["hevitpose-t", "hevitpose-s", "hevitpose-b", "efficientvit-m4-peow3"]
 INPUT = (256, 256)
@@ -125,12 +125,6 @@ def measure(name: str, batch: int, cuda: bool, rounds: int, slice_s: float, tmp:
     return list(cells.values())
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}"
-
-
 def format_table(cells: list[Cell], gmacs: dict[str, float], cuda: bool) -> str:
     base = {(c.model, c.batch): c.crops_per_s for c in cells if c.backend in ("eager", "fp16 channels_last")}
     header = "| model | batch | backend | crops/s | vs first |" + (" TFLOP/s |" if cuda else "")
@@ -141,17 +135,6 @@ def format_table(cells: list[Cell], gmacs: dict[str, float], cuda: bool) -> str:
             row += f" {c.crops_per_s * gmacs[c.model] * 2 / 1e3:.1f} |"
         lines.append(row)
     return "\n".join(lines)
-
-
-def write_section(path: Path, key: str, body: str) -> None:
-    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{body}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -164,31 +163,6 @@ def bare_crops_per_s(weights: Path, device: str, batch: int, seconds: float) -> 
 # ---------------------------------------------------------------------------- report
 
 
-def machine(device: str) -> str:
-    import onnxruntime
-    import torch
-
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu}, {os.cpu_count()} CPU threads, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
-
-
-def write_section(path: Path, body: str) -> None:
-    begin, end = f"<!-- {KEY}:begin -->", f"<!-- {KEY}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{body}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def make_request(width: int, height: int, num_boxes: int) -> tuple[bytes, str]:
     import cv2
 
@@ -304,9 +278,10 @@ def main() -> None:
     table = "\n".join(rows)
     load_after = os.getloadavg()[0]
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    from report import machine, write_section  # bench/ is on sys.path; torch stays out of the clients
     body = (
         f"## Service under load\n\n"
-        f"`bench/service_load.py`, {now}, {machine(args.device)}. Model {info['name']} "
+        f"`bench/service_load.py`, {now}, {machine()}. Model {info['name']} "
         f"({'random weights' if random_weights else 'weights ' + str(args.weights)}), crops "
         f"{info['input_size'][0]}x{info['input_size'][1]}, device {info['device']}, backend {info['backend']}. "
         f"{args.concurrency} concurrent clients on loopback (one client process, the same machine), "
@@ -320,7 +295,7 @@ def main() -> None:
     )
     print(body)
     if not args.no_write:
-        write_section(args.out, body)
+        write_section(args.out, KEY, body)
     tmp.cleanup()
 
 

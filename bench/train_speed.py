@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from model.keypoints import COCO17  # noqa: E402
 from training.config import config_from_dict  # noqa: E402
 from training.engine import Trainer, heatmap_loss  # noqa: E402
 from training.transforms import random_crop  # noqa: E402
+from report import machine, write_section  # noqa: E402  (bench/ is on sys.path)
 
 POSE = np.array([
     [0.50, 0.08], [0.46, 0.06], [0.54, 0.06], [0.42, 0.08], [0.58, 0.08],
@@ -186,25 +186,6 @@ def end_to_end(root: Path, model: str, batch: int, workers: int, device: str, st
         records = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["samples_per_s"] for r in records if r["kind"] == "train"][1:]
     return float(np.median(rates)) if rates else float("nan")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    text = f"{cpu}, {os.cpu_count()} CPU threads, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
-    return text
-
-
-def write_section(path: Path, key: str, body: str) -> None:
-    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{body}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def main() -> None:
