@@ -73,6 +73,8 @@ def save_bundle(model: HEViTPose, meta: BundleMeta, path: str | Path, dtype: tor
     }
     meta.dtype = str(dtype).removeprefix("torch.")
     save_file(state, str(weights_path), metadata={"model": meta.model})
+    # safetensors creates the file 0600; a bundle is read by other users (a container's non-root server).
+    weights_path.chmod(0o644)
     meta_path.write_text(json.dumps(asdict(meta), indent=2) + "\n")
     return weights_path
 

@@ -100,3 +100,9 @@ def test_cli_profile_and_unknown_command():
     assert "| hevitpose-t | 3.207 | 3.21 |" in done.stdout
     bad = subprocess.run([sys.executable, "-m", "model.cli", "frobnicate"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown command" in bad.stderr
+
+
+def test_bundle_files_are_world_readable(tmp_path):
+    weights = save_bundle(lively_model(), BundleMeta.for_model("hevitpose-t", COCO17), tmp_path / "t")
+    assert weights.stat().st_mode & 0o444 == 0o444
+    assert (tmp_path / "t.json").stat().st_mode & 0o444 == 0o444
