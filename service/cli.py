@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
+import time
 
 from model.bundle import bundle_paths
 from service.settings import DEFAULT_WEIGHTS, Settings
@@ -68,7 +70,24 @@ def main(argv: list[str]) -> int:
 
     setup_logging(settings.log_level)
     app = create_app(settings)
+    service = app.state.service
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                       timeout_graceful_shutdown=settings.request_timeout_s)  # fmt: skip
+    )
+    # A model that fails to load would leave the process up but never ready; exiting instead lets
+    # Docker's restart policy and Kubernetes act on it like on any crash.
+    threading.Thread(target=_stop_if_load_fails, args=(service, server), name="load-watch", daemon=True).start()
     log.info("starting", extra={"host": settings.host, "port": settings.port, "weights": str(settings.weights)})
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=settings.request_timeout_s)  # fmt: skip
+    server.run()
+    if service.load_error:
+        print(f"hevitpose serve: the model failed to load: {service.load_error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _stop_if_load_fails(service, server) -> None:
+    while not service.ready and service.load_error is None and not server.should_exit:
+        time.sleep(0.2)
+    if service.load_error is not None:
+        server.should_exit = True  # the same graceful shutdown as on SIGTERM

@@ -106,6 +106,14 @@ def test_broken_weights_keep_the_service_unready(tmp_path):
     service.stop()
 
 
+def test_serve_exits_when_the_model_fails_to_load(tmp_path, capsys):
+    (tmp_path / "bad.json").write_text('{"model": "hevitpose-t", "keypoint_names": ["a"], "skeleton": [], '
+                                       '"flip_pairs": [], "input_size": [64, 96]}')  # fmt: skip
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    assert serve_main(["--weights", str(tmp_path / "bad"), "--port", "0", "--device", "cpu"]) == 1
+    assert "the model failed to load" in capsys.readouterr().err
+
+
 def test_serve_refuses_missing_weights(tmp_path, capsys):
     assert serve_main(["--weights", str(tmp_path / "nothing"), "--port", "0"]) == 2
     err = capsys.readouterr().err
