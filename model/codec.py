@@ -148,11 +148,13 @@ def _pixel_to_normalized(w: int, h: int, device: torch.device) -> torch.Tensor:
     )
 
 
-def normalize(crops: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) RGB in [0, 255] -> ImageNet-normalised network input."""
-    mean = torch.tensor(IMAGENET_MEAN, device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1) * 255
-    return (crops - mean) / std
+def normalize(
+    crops: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 255] -> network input; mean and std are per channel on [0, 1]."""
+    mean_t = torch.tensor(mean, device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1) * 255
+    std_t = torch.tensor(std, device=crops.device, dtype=crops.dtype).view(1, 3, 1, 1) * 255
+    return (crops - mean_t) / std_t
 
 
 # --------------------------------------------------------------------------- targets
@@ -250,7 +252,12 @@ def decode_heatmaps(
     off_x = -(dyy * dx - dxy * dy) / det
     off_y = -(-dxy * dx + dxx * dy) / det
     offset = torch.stack([off_x, off_y], dim=-1) * ok.unsqueeze(-1)
-    return coords + offset, scores
+    # The Taylor step is unbounded on flat or multi-peak heatmaps; a peak cannot lie outside the
+    # heatmap, so neither may the answer.
+    refined = coords + offset
+    refined[..., 0].clamp_(0, w - 1)
+    refined[..., 1].clamp_(0, h - 1)
+    return refined, scores
 
 
 def heatmap_to_image(keypoints: torch.Tensor, inv_matrices: torch.Tensor, stride: int) -> torch.Tensor:

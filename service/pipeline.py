@@ -21,8 +21,6 @@ import torch
 
 from model.bundle import BundleMeta, bundle_paths, load_bundle, sha256
 from model.codec import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     bbox_to_center_scale,
     decode_heatmaps,
     get_warp_matrix,
@@ -81,9 +79,6 @@ class PoseModel:
         self.bbox_padding = bbox_padding
         self.stride = int(meta.heatmap_stride)
         self.flip_index = meta.flip_index
-        # The bundle says how its network was normalised (ImageNet's statistics unless trained otherwise).
-        self._mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self._onnx_dir = tempfile.TemporaryDirectory(prefix="hevitpose-serve-")
         try:
             self.runner = create_runner(model, self.input_size, runtime, onnx_dir=self._onnx_dir.name)
@@ -120,9 +115,7 @@ class PoseModel:
 
     def normalize(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) RGB in [0, 255] -> network input, with the bundle's mean and std."""
-        if self.meta.mean == list(IMAGENET_MEAN) and self.meta.std == list(IMAGENET_STD):
-            return normalize(crops)
-        return (crops - self._mean.to(crops.device)) / self._std.to(crops.device)
+        return normalize(crops, self.meta.mean, self.meta.std)
 
     # ------------------------------------------------------------------ request side
 
@@ -178,11 +171,6 @@ class PoseModel:
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
         keypoints, scores = decode_heatmaps(heatmaps, "dark")
-        # DARK's Taylor step is unbounded on flat or multi-peak heatmaps; a peak cannot lie
-        # outside the heatmap, so neither may the answer.
-        hh, ww = heatmaps.shape[-2:]
-        keypoints[..., 0].clamp_(0, ww - 1)
-        keypoints[..., 1].clamp_(0, hh - 1)
         inv = torch.from_numpy(invert_affine(np.concatenate([job.matrices for job in jobs]))).to(keypoints)
         keypoints = heatmap_to_image(keypoints, inv, self.stride).double().cpu().numpy()
         scores = scores.cpu().numpy()
