@@ -1,4 +1,4 @@
-"""HEViTPose (Kong et al., 2023) and the EfficientViT-M4 rows of its ablations.
+"""HEViTPose (Wu, Tan and Li, 2023, arXiv:2311.13615) and the EfficientViT-M4 rows of its ablations.
 
 The configuration that reproduces every published parameter and GFLOPs count is written up
 in ``shared/notes/architecture.md``; in short: Table 2's G and L rows are swapped, the
