@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from functools import cache
 
 from model.flops import count_params, full_macs, mmcv_flops
 from model.hevitpose import MODEL_NAMES, build_model
@@ -46,6 +47,7 @@ class ProfileRow:
         return self.gflops_mmcv / self.paper_gflops - 1
 
 
+@cache  # the counts depend only on the arguments; the tests of the paper and the README share them
 def profile(name: str, input_size: tuple[int, int] = (256, 256), num_keypoints: int = 16) -> ProfileRow:
     model = build_model(name, num_keypoints)
     shape = (3, input_size[1], input_size[0])
