@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("training.cli", "eval_main", "evaluate a checkpoint"),
     "export": ("training.cli", "export_main", "write a serving bundle and an ONNX file"),
     "synth": ("training.synth.cli", "main", "render a synthetic COCO-format people dataset"),
+    "label": ("training.label", "main", "label images and videos with teacher models (COCO keypoints)"),
 }
 
 

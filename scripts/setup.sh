@@ -13,7 +13,7 @@ if [ "$mode" = test ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
   fi
-  extras="train,synth,dev"
+  extras="train,synth,label,dev"
 else
   extras=""
 fi
