@@ -165,19 +165,20 @@ def encode_heatmaps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian heatmap targets with per-keypoint weights.
 
-    keypoints: (..., K, 2) in input pixels; visible: (..., K), > 0 where labelled.
+    keypoints: (..., K, 2) in input pixels; visible: (..., K), > 0 where labelled (a value
+    below 1 is a label's confidence and becomes its weight).
     Returns heatmaps (..., K, h, w) peaking at 1 at the exact sub-pixel position, and
     weights (..., K): 0 for unlabelled keypoints and those outside the crop.
     """
     w, h = cfg.heatmap_size
     mu = keypoints.float() / cfg.heatmap_stride
     inside = (mu[..., 0] >= 0) & (mu[..., 0] <= w - 1) & (mu[..., 1] >= 0) & (mu[..., 1] <= h - 1)
-    weights = ((visible > 0) & inside).float()
+    weights = torch.where(inside & (visible > 0), visible.float().clamp(max=1.0), 0.0)
     xs = torch.arange(w, dtype=torch.float32, device=keypoints.device)
     ys = torch.arange(h, dtype=torch.float32, device=keypoints.device)
     gx = torch.exp(-((xs - mu[..., 0:1]) ** 2) / (2 * cfg.sigma**2))  # (..., K, w)
     gy = torch.exp(-((ys - mu[..., 1:2]) ** 2) / (2 * cfg.sigma**2))  # (..., K, h)
-    heatmaps = gy.unsqueeze(-1) * gx.unsqueeze(-2) * weights[..., None, None]
+    heatmaps = gy.unsqueeze(-1) * gx.unsqueeze(-2) * (weights > 0).float()[..., None, None]
     return heatmaps, weights
 
 

@@ -137,3 +137,43 @@ def test_samples_are_reproducible_per_epoch_and_index(tmp_path):
     assert torch.equal(a[1]["input"], b[1]["input"])
     b.set_epoch(4)
     assert not torch.equal(a[1]["input"], b[1]["input"])
+
+
+def test_mixed_training_sets_are_concatenated_with_repeats(tmp_path):
+    real = make_coco(tmp_path / "real", n_train=3, n_val=2, names=("train", "val"))
+    make_coco(tmp_path / "synth", n_train=5, n_val=1, names=("train", "val"), seed=1)
+    names = dict(train_ann="annotations/person_keypoints_train.json", val_ann="annotations/person_keypoints_val.json",
+                 train_images="images/train", val_images="images/val")  # fmt: skip
+    cfg = _cfg(real, train_repeat=2, extra_train=["../synth"], extra_train_repeat=[1], **names)
+    train = train_dataset(cfg)
+    assert len(train) == 2 * 3 + 5 and len(val_dataset(cfg)) == 2
+    paths = train.instances.image_paths
+    assert sum("/real/" in p for p in paths) == 6 and sum("/synth/" in p for p in paths) == 5
+    assert len(set(train.instances.image_ids[:3]) & set(train.instances.image_ids[6:])) == 0  # ids unique per set
+    sample = train[(0, 7)]  # a synth row reads its own image
+    assert sample["valid"] and sample["target"].shape[0] == 17
+    with pytest.raises(ValueError, match="extra_train_repeat"):
+        _cfg(real, extra_train=["../synth"], extra_train_repeat=[1, 2], **names)
+
+
+def test_teacher_confidence_becomes_the_joint_weight(tmp_path):
+    root = make_coco(tmp_path / "c", n_train=1, n_val=1, names=("train", "val"))
+    ann_file = root / "annotations/person_keypoints_train.json"
+    coco = json.loads(ann_file.read_text())
+    scores = np.linspace(0.2, 1.0, 17)
+    coco["annotations"][0]["keypoint_scores"] = scores.tolist()
+    ann_file.write_text(json.dumps(coco))
+    labelled = np.asarray(coco["annotations"][0]["keypoints"]).reshape(17, 3)[:, 2] > 0
+    inst = load_coco(ann_file, root / "images/train", 1.0)
+    np.testing.assert_allclose(inst.visible[0], np.where(labelled, scores, 0))
+    assert (load_coco(ann_file, root / "images/train", 1.0, keypoint_scores=False).visible[0] == labelled).all()
+    cfg = _cfg(root, input_size=(64, 64), train_ann="annotations/person_keypoints_train.json",
+               val_ann="annotations/person_keypoints_val.json", train_images="images/train", val_images="images/val")  # fmt: skip
+    ds = train_dataset(cfg)
+    ds.augment.flip_prob = 0.0
+    sample = ds[(0, 0)]
+    weight = sample["target_weight"].numpy()
+    inside = weight > 0
+    np.testing.assert_allclose(weight[inside], scores[inside], rtol=1e-6)
+    # the Gaussian peaks at 1 whatever the weight: the weight scales the loss, not the target
+    assert np.allclose(sample["target"].flatten(1).amax(1).numpy()[inside], 1.0, atol=0.07)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from model.codec import CodecConfig
 from training.config import AugmentConfig, TrainConfig
-from training.datasets import DatasetError, Instances, load_coco, load_mpii, require
+from training.datasets import DatasetError, Instances, concat_instances, load_coco, load_mpii, repeat_instances, require
 from training.evaluation import coco_keypoint_ap, coco_results, load_mpii_gt, mpii_pckh
 from training.transforms import TopDownDataset
 
@@ -35,7 +36,22 @@ def load_instances(cfg: TrainConfig, split: str) -> Instances:
     if det is not None and not Path(det).is_absolute():
         det = str(_path(cfg, det))
     aspect = cfg.model.input_size[0] / cfg.model.input_size[1]
-    return load_coco(ann, images, aspect, cfg.augment.bbox_padding, det, d.det_bbox_thr)
+    instances = load_coco(ann, images, aspect, cfg.augment.bbox_padding, det, d.det_bbox_thr, d.keypoint_score_weights)
+    if split != "train":
+        return instances
+    parts = [repeat_instances(instances, d.train_repeat)]
+    repeats = d.extra_train_repeat or (1,) * len(d.extra_train)
+    for folder, times in zip(d.extra_train, repeats):
+        root = Path(os.path.normpath(Path(d.root) / folder))  # an absolute folder replaces root
+        extra = load_coco(
+            root / "annotations/person_keypoints_train.json",
+            root / "images/train",
+            aspect,
+            cfg.augment.bbox_padding,
+            keypoint_scores=d.keypoint_score_weights,
+        )
+        parts.append(repeat_instances(extra, times))
+    return concat_instances(parts)
 
 
 def train_dataset(cfg: TrainConfig) -> TopDownDataset:

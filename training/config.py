@@ -40,6 +40,15 @@ class DataConfig:
     # COCO only: person detections for evaluation ("" = ground-truth boxes).
     det_results: str = ""
     det_bbox_thr: float = 0.0
+    # COCO only: weight each joint's loss by its teacher confidence where the annotations carry
+    # one (``keypoint_scores``, written by ``hevitpose label``).
+    keypoint_score_weights: bool = True
+    # Mixed training: more COCO-format training sets, each a folder in the layout of ``hevitpose
+    # synth`` / ``hevitpose label`` (annotations/person_keypoints_train.json, images/train/),
+    # relative to ``root`` or absolute, with how many times each is repeated per epoch.
+    train_repeat: int = 1
+    extra_train: tuple[str, ...] = ()
+    extra_train_repeat: tuple[int, ...] = ()
     workers: int = 8  # per process
     pin_memory: bool = True
 
@@ -211,6 +220,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"model.input_size: {cfg.model.input_size} must be positive multiples of 32")
     if cfg.optim.batch_size <= 0 or cfg.eval.batch_size <= 0:
         raise ConfigError("batch sizes must be positive")
+    d = cfg.data
+    if d.extra_train_repeat and len(d.extra_train_repeat) != len(d.extra_train):
+        raise ConfigError("data.extra_train_repeat: one value per data.extra_train folder (or none)")
+    if d.train_repeat < 1 or any(r < 1 for r in d.extra_train_repeat):
+        raise ConfigError("data.train_repeat and data.extra_train_repeat must be at least 1")
     if cfg.optim.epochs <= 0:
         raise ConfigError("optim.epochs must be positive")
     return cfg

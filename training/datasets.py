@@ -34,7 +34,7 @@ class Instances:
     centers: np.ndarray  # (N, 2) image pixels
     scales: np.ndarray  # (N, 2) image pixels, padded box size
     keypoints: np.ndarray  # (N, K, 2) image pixels
-    visible: np.ndarray  # (N, K) 1 labelled, 0 not
+    visible: np.ndarray  # (N, K) 1 labelled, 0 not; in between: a teacher label's confidence
     bbox_scores: np.ndarray  # (N,)
     keypoint_set: KeypointSet
     meta: dict = field(default_factory=dict)
@@ -75,12 +75,15 @@ def load_coco(
     padding: float = 1.25,
     det_results: str | Path | None = None,
     det_bbox_thr: float = 0.0,
+    keypoint_scores: bool = True,
 ) -> Instances:
     """Persons of a COCO-format keypoint file, on ground-truth boxes or on detections.
 
     Ground truth keeps annotations with at least one labelled keypoint and a valid box
     (``_load_coco_keypoint_annotation_kernel``); detections keep category 1 boxes with
-    score >= ``det_bbox_thr`` (``_load_coco_person_detection_results``).
+    score >= ``det_bbox_thr`` (``_load_coco_person_detection_results``). With ``keypoint_scores``,
+    an annotation's ``keypoint_scores`` (written by ``hevitpose label``) scale its keypoints'
+    visibility, which becomes the loss weight of each joint.
     """
     ann_file, image_dir = Path(ann_file), Path(image_dir)
     require(ann_file, "annotation file")
@@ -127,7 +130,11 @@ def load_coco(
                 ids.append(image_id)
                 boxes.append(box)
                 kps.append(k[:, :2])
-                vis.append(np.minimum(1, k[:, 2]))
+                weight = np.minimum(1, k[:, 2])
+                if keypoint_scores and "keypoint_scores" in ann:
+                    # teacher-labelled data (hevitpose label): the loss trusts a joint as much as its teachers
+                    weight = weight * np.clip(np.asarray(ann["keypoint_scores"], dtype=np.float64), 0, 1)
+                vis.append(weight)
                 scores.append(1.0)
     centers, scales = _xywh_to_center_scale(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), aspect_ratio, padding)
     return Instances(
@@ -189,4 +196,43 @@ def load_mpii(ann_file: str | Path, image_dir: str | Path) -> Instances:
         bbox_scores=np.ones(n),
         keypoint_set=kset,
         meta={"ann_file": str(ann_file)},
+    )
+
+
+def concat_instances(parts: list[Instances]) -> Instances:
+    """Several training sets as one table (image ids made unique per part)."""
+    if len(parts) == 1:
+        return parts[0]
+    offset, ids = 0, []
+    for part in parts:
+        ids.append(part.image_ids + offset)
+        offset += int(part.image_ids.max(initial=0)) + 1
+    return Instances(
+        image_paths=[p for part in parts for p in part.image_paths],
+        image_ids=np.concatenate(ids),
+        centers=np.concatenate([p.centers for p in parts]),
+        scales=np.concatenate([p.scales for p in parts]),
+        keypoints=np.concatenate([p.keypoints for p in parts]),
+        visible=np.concatenate([p.visible for p in parts]),
+        bbox_scores=np.concatenate([p.bbox_scores for p in parts]),
+        keypoint_set=parts[0].keypoint_set,
+        meta={"parts": [p.meta for p in parts]},
+    )
+
+
+def repeat_instances(instances: Instances, times: int) -> Instances:
+    """Every row ``times`` times: oversamples a small set inside a mix."""
+    if times == 1:
+        return instances
+    rows = np.tile(np.arange(len(instances)), times)
+    return Instances(
+        [instances.image_paths[i] for i in rows],
+        instances.image_ids[rows],
+        instances.centers[rows],
+        instances.scales[rows],
+        instances.keypoints[rows],
+        instances.visible[rows],
+        instances.bbox_scores[rows],
+        instances.keypoint_set,
+        instances.meta,
     )

@@ -92,7 +92,7 @@ def random_crop(
         keypoints[:, 0] = image_width - 1 - keypoints[:, 0]
         visible = visible[flip_index]
         center[0] = image_width - center[0] - 1
-    if aug.half_body_prob > 0 and visible.sum() > aug.half_body_min_joints and rng.random() < aug.half_body_prob:
+    if aug.half_body_prob > 0 and (visible > 0).sum() > aug.half_body_min_joints and rng.random() < aug.half_body_prob:
         hb = half_body(keypoints, visible, aug.upper_body_ids, aspect_ratio, rng)
         if hb is not None:
             center, scale = hb
