@@ -1,9 +1,17 @@
 """Person boxes: NanoDet-m (COCO) through ONNX Runtime, or the client's boxes, or the whole image.
 
-NanoDet's graph (see ``service/assets/NOTICE.md``) takes one RGB image resized to 416x416
-and scaled to [0, 1], and returns, per stride 8/16/32, class probabilities (1, g*g, 80)
-and a GFL box distribution (1, g*g, 44): 4 sides x 11 bins. The expected bin index times
-the stride is the distance from the cell centre to each side, in input pixels.
+NanoDet's graph (see ``service/assets/NOTICE.md``) takes one 416x416 RGB image scaled to
+[0, 1], and returns, per stride 8/16/32, class probabilities (1, g*g, 80) and a GFL box
+distribution (1, g*g, 44): 4 sides x 11 bins. The expected bin index times the stride is the
+distance from the cell centre to each side, in input pixels.
+
+The image is letterboxed into the input (resized keeping its aspect ratio, centred, padded),
+and boxes are mapped back through the same scale and offset (:class:`Letterbox`). With
+``letterbox=False`` it is stretched to 416x416 instead (the service's behaviour before issue 10,
+kept for ``bench/detector_eval.py``'s baseline). An optional second pass (``tiles``) runs the
+network on overlapping tiles of a large image, each letterboxed in its own right, so that
+people a few dozen pixels tall are seen at a larger scale; its boxes join the first pass's
+before one NMS. Thresholds and their measurement: ``docs/service.md``, "Person detection".
 """
 
 from __future__ import annotations
@@ -27,6 +35,73 @@ class DetectorConfig:
     nms_iou: float = 0.5
     use_cuda: bool = False
     threads: int = 0
+    letterbox: bool = True  # False: stretch to 416x416 (the old behaviour)
+    pad_value: int = 0  # letterbox padding, per channel, 0..255
+    tiles: bool = False  # second pass on tiles of large images
+    tile_min_side: int = 640  # ... when the image's longer side is at least this
+    tile_max_found: int = 100  # ... and the first pass found fewer persons than this
+    tile_grid: int = 2  # tiles per side (tile_grid x tile_grid tiles)
+    tile_overlap: float = 0.25  # fraction of a tile shared with its neighbour
+    tile_max_height: float = 0.3  # tile boxes taller than this fraction of the tile are left to the first pass
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Image -> network input: ``input = image * scale + offset`` per axis."""
+
+    scale_x: float
+    scale_y: float
+    dx: float
+    dy: float
+    new_w: int  # size of the resized image inside the input
+    new_h: int
+
+    @staticmethod
+    def fit(width: int, height: int, size: int = INPUT_SIZE, keep_ratio: bool = True) -> Letterbox:
+        if not keep_ratio:
+            return Letterbox(size / width, size / height, 0.0, 0.0, size, size)
+        scale = size / max(width, height)
+        new_w = min(size, max(1, int(round(width * scale))))
+        new_h = min(size, max(1, int(round(height * scale))))
+        # The scale actually applied by cv2.resize to (new_w, new_h): exact, also after rounding.
+        dx, dy = (size - new_w) // 2, (size - new_h) // 2
+        return Letterbox(new_w / width, new_h / height, float(dx), float(dy), new_w, new_h)
+
+    def apply(self, image: np.ndarray, size: int = INPUT_SIZE, pad_value: int = 0) -> np.ndarray:
+        resized = cv2.resize(image, (self.new_w, self.new_h), interpolation=cv2.INTER_LINEAR)
+        if (self.new_w, self.new_h) == (size, size):
+            return resized
+        canvas = np.full((size, size, image.shape[2]), pad_value, image.dtype)
+        x0, y0 = int(self.dx), int(self.dy)
+        canvas[y0 : y0 + self.new_h, x0 : x0 + self.new_w] = resized
+        return canvas
+
+    def to_image(self, boxes: np.ndarray) -> np.ndarray:
+        """(N, 4) input pixels -> image pixels (not clipped)."""
+        offset = np.array([self.dx, self.dy, self.dx, self.dy], np.float32)
+        scale = np.array([self.scale_x, self.scale_y, self.scale_x, self.scale_y], np.float32)
+        return ((boxes - offset) / scale).astype(np.float32)
+
+    def to_input(self, boxes: np.ndarray) -> np.ndarray:
+        offset = np.array([self.dx, self.dy, self.dx, self.dy], np.float32)
+        scale = np.array([self.scale_x, self.scale_y, self.scale_x, self.scale_y], np.float32)
+        return (boxes * scale + offset).astype(np.float32)
+
+
+def tile_windows(width: int, height: int, grid: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """``grid x grid`` windows (x0, y0, x1, y1) covering the image, neighbours sharing ``overlap``."""
+
+    def spans(n: int) -> list[tuple[int, int]]:
+        tile = n / (grid - (grid - 1) * overlap)
+        step = tile * (1 - overlap)
+        out = []
+        for i in range(grid):
+            a = int(round(i * step))
+            b = n if i == grid - 1 else int(round(i * step + tile))
+            out.append((a, min(b, n)))
+        return out
+
+    return [(x0, y0, x1, y1) for y0, y1 in spans(height) for x0, x1 in spans(width)]
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -103,24 +178,71 @@ class NanoDetPersonDetector:
                 raise ValueError(f"unexpected NanoDet output {out.name} {out.shape}")
             self.outputs.append((out.name, kind, stride))
 
-    def __call__(self, image: np.ndarray, max_persons: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _pass(self, image: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, Letterbox]:
+        """One network run: candidate boxes (input pixels) and scores before NMS."""
         h, w = image.shape[:2]
-        resized = cv2.resize(image, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
-        x = (resized.astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
+        lb = Letterbox.fit(w, h, INPUT_SIZE, self.cfg.letterbox)
+        x = (lb.apply(image, INPUT_SIZE, self.cfg.pad_value).astype(np.float32) / 255.0).transpose(2, 0, 1)[None]
         results = self.session.run([name for name, _, _ in self.outputs], {self.input_name: x})
         scores, regressions = {}, {}
         for (_, kind, stride), value in zip(self.outputs, results):
             (scores if kind == "scores" else regressions)[stride] = value[0]
-        boxes, box_scores = decode_gfl(scores, regressions, self.cfg.score_threshold)
-        keep = nms(boxes, box_scores, self.cfg.nms_iou)
-        if max_persons is not None:
-            keep = keep[:max_persons]
-        boxes, box_scores = boxes[keep], box_scores[keep]
-        boxes = boxes * np.array([w / INPUT_SIZE, h / INPUT_SIZE, w / INPUT_SIZE, h / INPUT_SIZE], np.float32)
+        boxes, box_scores = decode_gfl(scores, regressions, threshold)
+        return boxes, box_scores, lb
+
+    def wants_tiles(self, width: int, height: int, found: int) -> bool:
+        c = self.cfg
+        return c.tiles and c.tile_grid > 1 and max(width, height) >= c.tile_min_side and found < c.tile_max_found
+
+    def _tile_candidates(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (image pixels) and scores from every tile, after each tile's own NMS.
+
+        A box touching a tile edge that lies inside the image is dropped: it is a person cut by
+        the tile, whom the first pass or a neighbouring tile sees whole. So is a box taller than
+        ``tile_max_height`` of the tile: the tiles are there for small people, and a large one is
+        seen whole by the first pass (a tile sees only part of them, and that part is a false box).
+        """
+        h, w = image.shape[:2]
+        all_boxes, all_scores = [], []
+        for x0, y0, x1, y1 in tile_windows(w, h, self.cfg.tile_grid, self.cfg.tile_overlap):
+            boxes, scores, lb = self._pass(image[y0:y1, x0:x1], self.cfg.score_threshold)
+            keep = nms(boxes, scores, self.cfg.nms_iou)
+            boxes, scores = lb.to_image(boxes[keep]), scores[keep]
+            tw, th = x1 - x0, y1 - y0
+            margin = 2.0
+            cut = np.zeros(len(boxes), bool)
+            if x0 > 0:
+                cut |= boxes[:, 0] <= margin
+            if y0 > 0:
+                cut |= boxes[:, 1] <= margin
+            if x1 < w:
+                cut |= boxes[:, 2] >= tw - margin
+            if y1 < h:
+                cut |= boxes[:, 3] >= th - margin
+            cut |= boxes[:, 3] - boxes[:, 1] > self.cfg.tile_max_height * th
+            boxes = boxes[~cut] + np.array([x0, y0, x0, y0], np.float32)
+            all_boxes.append(boxes)
+            all_scores.append(scores[~cut])
+        return np.concatenate(all_boxes), np.concatenate(all_scores)
+
+    def __call__(self, image: np.ndarray, max_persons: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        h, w = image.shape[:2]
+        boxes, box_scores, lb = self._pass(image, self.cfg.score_threshold)
+        keep = nms(boxes, box_scores, self.cfg.nms_iou)  # in input pixels, as NanoDet does
+        boxes, box_scores = lb.to_image(boxes[keep]), box_scores[keep]
+        if self.wants_tiles(w, h, len(keep)):
+            tile_boxes, tile_scores = self._tile_candidates(image)
+            boxes = np.concatenate([boxes, tile_boxes])
+            box_scores = np.concatenate([box_scores, tile_scores])
+            keep = nms(boxes, box_scores, self.cfg.nms_iou)  # in image pixels
+            boxes, box_scores = boxes[keep], box_scores[keep]
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
         valid = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-        return boxes[valid], box_scores[valid]
+        boxes, box_scores = boxes[valid], box_scores[valid]
+        if max_persons is not None:
+            boxes, box_scores = boxes[:max_persons], box_scores[:max_persons]
+        return boxes, box_scores
 
 
 def whole_image_box(width: int, height: int) -> np.ndarray:

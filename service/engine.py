@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class Prediction:
     keypoints: np.ndarray  # (N, K, 2)
     scores: np.ndarray  # (N, K)
     timings_ms: dict[str, float]
+    person_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,): see person_scores()
 
 
 class PoseService:
@@ -77,6 +78,9 @@ class PoseService:
                 DetectorConfig(
                     s.detector_path, s.detector_score_threshold, s.detector_nms_iou,
                     use_cuda=self.model.device.type == "cuda", threads=s.detector_threads,
+                    letterbox=s.detector_letterbox, tiles=s.detector_tiles, tile_min_side=s.detector_tile_min_side,
+                    tile_max_found=s.detector_tile_max_found, tile_grid=s.detector_tile_grid,
+                    tile_overlap=s.detector_tile_overlap, tile_max_height=s.detector_tile_max_height,
                 )  # fmt: skip
             )
             if s.warmup:
@@ -234,6 +238,7 @@ class PoseService:
                 res = next(results)
             h, w = image.shape[:2]
             pred = Prediction(w, h, image, boxes, box_scores, res.keypoints, res.scores, {})
+            pred.person_scores = person_scores(box_scores, res.scores, self.settings.person_keypoint_threshold)
             pred = _filter(pred, opts.min_score)
             self.metrics.persons_per_image.observe(len(pred.bboxes))
             pred.timings_ms = {
@@ -247,7 +252,7 @@ class PoseService:
     def to_json(self, pred: Prediction) -> dict:
         assert self.model is not None
         names = self.model.meta.keypoint_names
-        person_scores = pred.scores.mean(axis=1) if len(pred.scores) else np.zeros(0)
+        person_scores = pred.person_scores
         persons = [
             {
                 "bbox": [round(float(v), 2) for v in pred.bboxes[i]],
@@ -278,10 +283,26 @@ class PoseService:
         }  # fmt: skip
 
 
+def person_scores(bbox_scores: np.ndarray, keypoint_scores: np.ndarray, threshold: float) -> np.ndarray:
+    """A person's ``score``: box score x mean of its keypoint scores above ``threshold``.
+
+    MMPose's ``bbox_keypoint`` rescoring (its CocoMetric, ``keypoint_score_thr`` 0.2): keypoints at
+    or below the threshold do not count; a person with none above it scores 0.
+    """
+    keypoint_scores = np.asarray(keypoint_scores, np.float64)
+    if keypoint_scores.size == 0:
+        return np.zeros(len(bbox_scores))
+    valid = keypoint_scores > threshold
+    count = valid.sum(axis=1)
+    mean = np.where(count > 0, (keypoint_scores * valid).sum(axis=1) / np.maximum(count, 1), 0.0)
+    return np.asarray(bbox_scores, np.float64) * mean
+
+
 def _filter(pred: Prediction, min_score: float) -> Prediction:
     if min_score <= 0 or len(pred.bboxes) == 0:
         return pred
-    keep = pred.scores.mean(axis=1) >= min_score
+    keep = pred.person_scores >= min_score
     pred.bboxes, pred.bbox_scores = pred.bboxes[keep], pred.bbox_scores[keep]
     pred.keypoints, pred.scores = pred.keypoints[keep], pred.scores[keep]
+    pred.person_scores = pred.person_scores[keep]
     return pred

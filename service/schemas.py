@@ -25,8 +25,11 @@ class Keypoint(BaseModel):
 
 class Person(BaseModel):
     bbox: list[float] = Field(description="[x1, y1, x2, y2] in image pixels")
-    bbox_score: float = Field(description="detector score; 1 for client boxes and the whole image")
-    score: float = Field(description="mean keypoint score")
+    bbox_score: float = Field(description="NanoDet's person probability; 1 for client boxes and the whole image")
+    score: float = Field(
+        description="bbox_score x mean of the keypoint scores above HEVITPOSE_PERSON_KEYPOINT_THRESHOLD "
+        "(MMPose's rescoring; 0 when none is above it): what min_score filters on"
+    )
     keypoints: list[Keypoint]
 
 

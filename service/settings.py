@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     detector_score_threshold: float = Field(0.35, ge=0, le=1)
     detector_nms_iou: float = Field(0.5, gt=0, le=1)
     detector_threads: int = Field(0, ge=0)
+    detector_letterbox: bool = True  # keep the aspect ratio and pad; false: stretch to 416x416
+    detector_tiles: bool = False  # second pass on overlapping tiles of large images
+    detector_tile_min_side: int = Field(640, ge=1)  # ... whose longer side is at least this
+    detector_tile_max_found: int = Field(10_000, ge=1)  # ... when the first pass found fewer than this
+    detector_tile_grid: int = Field(2, ge=2, le=4)  # tiles per side
+    detector_tile_overlap: float = Field(0.25, ge=0, lt=1)  # share of a tile its neighbour also covers
+    detector_tile_max_height: float = Field(0.3, gt=0, le=1)  # taller tile boxes: left to the first pass
+    person_keypoint_threshold: float = Field(0.2, ge=0, le=1)  # keypoints counted in a person's score
 
     flip_test: bool = False  # default for requests that do not say
     bbox_padding: float = Field(1.25, gt=0)

@@ -14,7 +14,17 @@ import torch
 
 from service import errors, imaging
 from service.batching import DeadlineExceeded, MicroBatcher, QueueFull, Stopped
-from service.detector import INPUT_SIZE, NUM_BINS, DetectorConfig, NanoDetPersonDetector, decode_gfl, nms
+from service.detector import (
+    INPUT_SIZE,
+    NUM_BINS,
+    DetectorConfig,
+    Letterbox,
+    NanoDetPersonDetector,
+    decode_gfl,
+    nms,
+    tile_windows,
+)
+from service.engine import person_scores
 from service.metrics import ServiceMetrics
 from service.pipeline import PoseJob, PoseResult
 from service.settings import DEFAULT_DETECTOR
@@ -117,10 +127,15 @@ def test_nanodet_finds_the_walker_in_the_paper_figure():
     figure = SHARED / "paper" / "network.png"
     if not figure.is_file():
         pytest.skip("shared/paper/network.png not beside the repository")
-    # The figure's input photo: one person walking under an umbrella (hand-measured box).
+    # The figure's input photo: one person walking under an umbrella (hand-measured box). The
+    # figure draws a patch grid over him: NanoDet scores him 0.17 stretched to 416x416 and only
+    # 0.07 letterboxed, so this checks the stretch path's decoding on a real picture; the
+    # letterbox path is checked on the astronaut photo below.
     photo = cv2.cvtColor(cv2.imread(str(figure))[150:870, 0:560], cv2.COLOR_BGR2RGB)
     person = np.array([245, 155, 435, 580], np.float32)
-    detector = NanoDetPersonDetector(DetectorConfig(DEFAULT_DETECTOR, score_threshold=0.1, nms_iou=0.5, threads=1))
+    detector = NanoDetPersonDetector(
+        DetectorConfig(DEFAULT_DETECTOR, score_threshold=0.1, nms_iou=0.5, threads=1, letterbox=False)
+    )
     boxes, scores = detector(photo)
     assert len(boxes) >= 1 and np.all(np.diff(scores) <= 0)  # best first
     assert np.all((boxes[:, :2] >= 0) & (boxes[:, 2:] <= [560, 720]))
@@ -133,6 +148,144 @@ def test_nanodet_finds_the_walker_in_the_paper_figure():
     iou = inter / (area + (person[2] - person[0]) * (person[3] - person[1]) - inter)
     assert iou.max() > 0.5
     assert detector(photo, max_persons=1)[0].shape == (1, 4)
+
+
+def _iou(a, b) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.mark.parametrize("width, height", [(300, 900), (1000, 200), (416, 416), (37, 1), (1, 1), (20000, 10)])
+def test_letterbox_maps_boxes_exactly(width, height):
+    """A white rectangle drawn in the image lands where to_input says, and to_image undoes it."""
+    lb = Letterbox.fit(width, height)
+    assert lb.scale_x == pytest.approx(lb.scale_y, rel=0.05 if min(width, height) > 20 else 1.0)
+    assert 1 <= lb.new_w <= INPUT_SIZE and 1 <= lb.new_h <= INPUT_SIZE and max(lb.new_w, lb.new_h) == INPUT_SIZE
+    assert lb.dx == (INPUT_SIZE - lb.new_w) // 2 and lb.dy == (INPUT_SIZE - lb.new_h) // 2
+    box = np.array([[0.2 * width, 0.3 * height, 0.7 * width, 0.9 * height]], np.float32)
+    np.testing.assert_allclose(lb.to_image(lb.to_input(box)), box, rtol=1e-5, atol=1e-3)
+    # the image's own corners go to the resized image's corners inside the canvas
+    corners = lb.to_input(np.array([[0, 0, width, height]], np.float32))[0]
+    np.testing.assert_allclose(corners, [lb.dx, lb.dy, lb.dx + lb.new_w, lb.dy + lb.new_h], atol=1e-3)
+    if min(width, height) < 50:
+        return
+    image = np.zeros((height, width, 3), np.uint8)
+    x1, y1, x2, y2 = box[0].round().astype(int)
+    image[y1:y2, x1:x2] = 255
+    canvas = lb.apply(image, INPUT_SIZE, pad_value=0)
+    assert canvas.shape == (INPUT_SIZE, INPUT_SIZE, 3)
+    ys, xs = np.nonzero(canvas[:, :, 0] > 127)
+    found = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+    expected = lb.to_input(np.array([[x1, y1, x2, y2]], np.float32))[0]
+    np.testing.assert_allclose(found, expected, atol=1.0)
+
+
+def test_stretch_mapping_is_the_old_resize():
+    lb = Letterbox.fit(640, 480, keep_ratio=False)
+    assert (lb.dx, lb.dy, lb.new_w, lb.new_h) == (0, 0, INPUT_SIZE, INPUT_SIZE)
+    np.testing.assert_allclose(lb.to_image(np.array([[0, 0, 416, 416]], np.float32)), [[0, 0, 640, 480]])
+
+
+def test_tile_windows_cover_the_image_with_overlap():
+    for w, h, grid in [(768, 576, 2), (1920, 1080, 3), (641, 2000, 2)]:
+        windows = tile_windows(w, h, grid, 0.25)
+        assert len(windows) == grid * grid
+        covered = np.zeros((h, w), bool)
+        for x0, y0, x1, y1 in windows:
+            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+            covered[y0:y1, x0:x1] = True
+        assert covered.all()
+        (ax0, _, ax1, _), (bx0, _, _, _) = windows[0], windows[1]
+        assert ax1 - bx0 == pytest.approx(0.25 * (ax1 - ax0), abs=1.5)
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    skimage_data = pytest.importorskip("skimage.data")
+    return skimage_data.astronaut()  # (512, 512, 3) RGB: a woman from the hair to below the frame
+
+
+ASTRONAUT = np.array([15, 15, 368, 512], np.float32)  # hand-measured on the photo (cut by its bottom edge)
+
+
+@pytest.fixture(scope="module")
+def nanodet():
+    return NanoDetPersonDetector(DetectorConfig(DEFAULT_DETECTOR, threads=1))  # the service's defaults
+
+
+@pytest.mark.parametrize("canvas_wh, at", [((600, 1400), (50, 600)), ((1800, 512), (1200, 0)), ((1400, 700), (37, 150))])
+def test_person_found_and_mapped_back_in_tall_and_wide_images(nanodet, astronaut, canvas_wh, at):
+    """The photo pasted at a known place on a tall or wide canvas: its box comes back at that place."""
+    cw, ch = canvas_wh
+    canvas = np.full((ch, cw, 3), 90, np.uint8)
+    canvas[at[1] : at[1] + 512, at[0] : at[0] + 512] = astronaut
+    boxes, scores = nanodet(canvas)
+    expected = ASTRONAUT + np.array([*at, *at], np.float32)
+    assert len(boxes) >= 1
+    assert _iou(boxes[0], expected) > 0.8, (boxes, expected)
+    # the same as on the photo alone, shifted: the mapping back adds no error of its own
+    alone, _ = nanodet(astronaut)
+    assert _iou(boxes[0], alone[0] + np.array([*at, *at], np.float32)) > 0.85
+
+
+def test_stretching_loses_the_person_that_letterbox_finds(astronaut):
+    canvas = np.full((512, 1800, 3), 90, np.uint8)
+    canvas[:, 1200:1712] = astronaut
+    stretch = NanoDetPersonDetector(DetectorConfig(DEFAULT_DETECTOR, threads=1, letterbox=False))
+    letterbox = NanoDetPersonDetector(DetectorConfig(DEFAULT_DETECTOR, threads=1))
+    expected = ASTRONAUT + np.array([1200, 0, 1200, 0], np.float32)
+    assert not any(_iou(b, expected) > 0.5 for b in stretch(canvas)[0])  # why letterbox: issue 10
+    assert any(_iou(b, expected) > 0.5 for b in letterbox(canvas)[0])
+
+
+@pytest.mark.parametrize("crop", ["left", "right", "top", "top_left"])
+def test_person_cut_by_the_border_still_gets_a_box(nanodet, astronaut, crop):
+    """The photo cropped so that the image border cuts her: a box reaching that border."""
+    x0, y0, x1 = {"left": (200, 0, 512), "right": (0, 0, 230), "top": (0, 160, 512), "top_left": (170, 120, 512)}[crop]
+    image = np.ascontiguousarray(astronaut[y0:, x0:x1])
+    h, w = image.shape[:2]
+    visible = np.clip(ASTRONAUT - np.array([x0, y0, x0, y0], np.float32), 0, [w, h, w, h])
+    boxes, _ = nanodet(image)
+    assert len(boxes) >= 1
+    best = max(boxes, key=lambda b: _iou(b, visible))
+    assert _iou(best, visible) > 0.6, (boxes, visible)
+    if crop in ("left", "top_left"):
+        assert best[0] < 5
+    if crop == "right":
+        assert best[2] > w - 5
+    if crop in ("top", "top_left"):
+        assert best[1] < 5
+
+
+def test_tiles_find_a_small_person_in_a_large_image(astronaut):
+    """The photo shrunk to 150 px in a 1600x1200 frame: too small for one 416 pass, found on tiles."""
+    canvas = np.full((1200, 1600, 3), 90, np.uint8)
+    canvas[700:850, 300:450] = cv2.resize(astronaut, (150, 150), interpolation=cv2.INTER_AREA)
+    expected = ASTRONAUT * (150 / 512) + np.array([300, 700, 300, 700], np.float32)
+    one_pass = NanoDetPersonDetector(DetectorConfig(DEFAULT_DETECTOR, threads=1))
+    tiled = NanoDetPersonDetector(DetectorConfig(DEFAULT_DETECTOR, threads=1, tiles=True))
+    assert not any(_iou(b, expected) > 0.5 for b in one_pass(canvas)[0])
+    assert tiled.wants_tiles(1600, 1200, 0) and not tiled.wants_tiles(600, 400, 0)
+    boxes, _ = tiled(canvas)
+    assert max(_iou(b, expected) for b in boxes) > 0.6
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (10, 20000, 3), (20000, 8, 3), (64, 64, 3)])
+def test_degenerate_images_give_valid_boxes_or_none(nanodet, shape):
+    boxes, scores = nanodet(np.full(shape, 128, np.uint8))
+    assert boxes.shape == (len(scores), 4)
+    h, w = shape[:2]
+    assert np.all((boxes[:, 0] >= 0) & (boxes[:, 2] <= w) & (boxes[:, 1] >= 0) & (boxes[:, 3] <= h))
+
+
+def test_person_scores_are_mmpose_rescoring():
+    kp = np.array([[0.9, 0.8, 0.1, 0.0], [0.15, 0.2, 0.05, 0.1], [0.5, 0.5, 0.5, 0.5]])
+    box = np.array([0.5, 0.9, 1.0])
+    np.testing.assert_allclose(person_scores(box, kp, 0.2), [0.5 * 0.85, 0.0, 0.5])  # 0.2 itself does not count
+    np.testing.assert_allclose(person_scores(box, kp, 0.0), [0.5 * 0.6, 0.9 * 0.125, 0.5])
+    assert person_scores(np.zeros(0), np.zeros((0, 17)), 0.2).shape == (0,)
 
 
 # ---------------------------------------------------------------------------- batcher
