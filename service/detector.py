@@ -31,8 +31,8 @@ PERSON = 0
 @dataclass(frozen=True)
 class DetectorConfig:
     path: Path
-    score_threshold: float = 0.35
-    nms_iou: float = 0.5
+    score_threshold: float = 0.2  # chosen by bench/detector_eval.py (docs/service.md)
+    nms_iou: float = 0.4
     use_cuda: bool = False
     threads: int = 0
     letterbox: bool = True  # False: stretch to 416x416 (the old behaviour)

@@ -41,8 +41,8 @@ class Settings(BaseSettings):
 
     detector: DetectorMode = "nanodet"  # used when a request names no detector and sends no boxes
     detector_path: Path = DEFAULT_DETECTOR
-    detector_score_threshold: float = Field(0.35, ge=0, le=1)
-    detector_nms_iou: float = Field(0.5, gt=0, le=1)
+    detector_score_threshold: float = Field(0.2, ge=0, le=1)  # measured: docs/service.md "Person detection"
+    detector_nms_iou: float = Field(0.4, gt=0, le=1)
     detector_threads: int = Field(0, ge=0)
     detector_letterbox: bool = True  # keep the aspect ratio and pad; false: stretch to 416x416
     detector_tiles: bool = False  # second pass on overlapping tiles of large images

@@ -260,10 +260,10 @@ def test_person_cut_by_the_border_still_gets_a_box(nanodet, astronaut, crop):
 
 
 def test_tiles_find_a_small_person_in_a_large_image(astronaut):
-    """The photo shrunk to 150 px in a 1600x1200 frame: too small for one 416 pass, found on tiles."""
+    """The photo shrunk to 100 px in a 1600x1200 frame: too small for one 416 pass, found on tiles."""
     canvas = np.full((1200, 1600, 3), 90, np.uint8)
-    canvas[700:850, 300:450] = cv2.resize(astronaut, (150, 150), interpolation=cv2.INTER_AREA)
-    expected = ASTRONAUT * (150 / 512) + np.array([300, 700, 300, 700], np.float32)
+    canvas[700:800, 300:400] = cv2.resize(astronaut, (100, 100), interpolation=cv2.INTER_AREA)
+    expected = ASTRONAUT * (100 / 512) + np.array([300, 700, 300, 700], np.float32)
     one_pass = NanoDetPersonDetector(DetectorConfig(DEFAULT_DETECTOR, threads=1))
     tiled = NanoDetPersonDetector(DetectorConfig(DEFAULT_DETECTOR, threads=1, tiles=True))
     assert not any(_iou(b, expected) > 0.5 for b in one_pass(canvas)[0])
