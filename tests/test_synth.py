@@ -23,9 +23,11 @@ from training.synth.scene import Person
 NUM, SIZE, SEED = 8, 128, 3
 
 
-def _generate(out: Path, workers: int) -> None:
+def _generate(out: Path, workers: int, preset: str = "hard") -> None:
+    # The hard preset by default: its cut-off, hidden and overlapping people exercise every case.
     args = ["synth", str(out), "--num", str(NUM), "--seed", str(SEED), "--workers", str(workers)]
     args += ["--width", str(SIZE), "--height", str(SIZE), "--val-fraction", "0.25", "--max-people", "3"]
+    args += ["--preset", preset]
     assert hevitpose(args) == 0
 
 
@@ -113,16 +115,32 @@ def test_same_seed_same_dataset_whatever_the_workers(dataset: Path, tmp_path: Pa
 
 def test_a_dataset_grows_by_later_indices(dataset: Path, tmp_path: Path) -> None:
     base = ["synth", str(tmp_path), "--seed", str(SEED), "--width", str(SIZE), "--height", str(SIZE)]
-    base += ["--val-fraction", "0.25", "--max-people", "3"]
+    base += ["--val-fraction", "0.25", "--max-people", "3", "--preset", "hard"]
     assert hevitpose(base + ["--num", "5"]) == 0
     assert hevitpose(base + ["--num", str(NUM - 5), "--start", "5"]) == 0
     for split in ("train", "val"):
         grown, whole = _load(tmp_path, split), _load(dataset, split)
         assert grown["images"] == whole["images"] and grown["annotations"] == whole["annotations"]
     # Other settings, or indices already there, are refused before anything is rendered.
-    assert hevitpose(base[:-4] + ["--max-people", "2", "--num", "1", "--start", str(NUM)]) == 2
+    assert hevitpose(base[:-6] + ["--max-people", "2", "--preset", "hard", "--num", "1", "--start", str(NUM)]) == 2
     assert hevitpose(base + ["--num", "1", "--start", "3"]) == 2
     assert hevitpose(["synth", str(tmp_path / "empty"), "--num", "1", "--start", "3"]) == 2
+
+
+def test_photo_preset_is_deterministic_and_valid(tmp_path: Path) -> None:
+    _generate(tmp_path / "a", workers=1, preset="photo")
+    _generate(tmp_path / "b", workers=2, preset="photo")
+    for split in ("train", "val"):
+        data = _load(tmp_path / "a", split)
+        assert data == _load(tmp_path / "b", split)
+        assert data["info"]["settings"]["scene"]["preset"] == "photo"
+        for im in data["images"]:
+            a = (tmp_path / "a" / "images" / split / im["file_name"]).read_bytes()
+            assert a == (tmp_path / "b" / "images" / split / im["file_name"]).read_bytes()
+        for a in data["annotations"]:
+            kps = np.array(a["keypoints"], dtype=float).reshape(-1, 3)
+            assert kps.shape == (17, 3) and a["num_keypoints"] == int((kps[:, 2] > 0).sum())
+    assert sum(len(_load(tmp_path / "a", s)["annotations"]) for s in ("train", "val")) >= NUM
 
 
 def test_split_spreads_val_evenly() -> None:
@@ -193,3 +211,54 @@ def test_bad_arguments_exit_with_usage_error(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
     assert hevitpose(["synth", str(not_a_dir), "--num", "2"]) == 2
+
+
+def test_presets() -> None:
+    from training.synth.scene import PRESETS, SceneSettings, scene_settings
+
+    # The hard preset is the original generator; photo, the default, overrides only known fields.
+    assert scene_settings("hard") == SceneSettings(preset="hard")
+    photo = scene_settings("photo", width=64)
+    assert photo.preset == "photo" and photo.width == 64 and photo.lighting == "photo"
+    assert set(PRESETS["photo"]) <= set(SceneSettings.__dataclass_fields__)
+    assert photo.camera_height[0] >= 1.0 and photo.high_camera_probability == 0.0
+    with pytest.raises(ValueError, match="unknown preset"):
+        scene_settings("nope")
+    with pytest.raises(SystemExit):
+        hevitpose(["synth", "/tmp/unused", "--num", "1", "--preset", "nope"])
+
+
+def test_hard_preset_is_recorded_and_renders(tmp_path: Path) -> None:
+    args = ["synth", str(tmp_path), "--num", "2", "--seed", "5", "--width", "96", "--height", "96"]
+    assert hevitpose(args + ["--preset", "hard", "--val-fraction", "0.5"]) == 0
+    assert _load(tmp_path, "train")["info"]["settings"]["scene"]["preset"] == "hard"
+    assert _load(tmp_path, "val")["info"]["settings"]["scene"]["lighting"] == "random"
+    # A dataset is extended only with its own preset.
+    assert hevitpose(args + ["--start", "2", "--val-fraction", "0.5"]) == 2
+
+
+def test_background_photographs_ship_with_their_licences() -> None:
+    from training.synth.appearance import ASSETS, Backgrounds
+
+    files = sorted(p.name for p in ASSETS.glob("*.jpg"))
+    assert len(files) >= 15
+    assert sum(p.stat().st_size for p in ASSETS.iterdir()) < 3_000_000
+    readme = (ASSETS / "README.md").read_text()
+    for name in files:
+        assert f"`{name}`" in readme, f"{name} has no licence entry"
+    bg = Backgrounds("photos", photo_probability=1.0)
+    assert len(bg.photos) >= len(files) and bg.ground_photos
+    rng = np.random.default_rng(0)
+    img = bg.sample(40, 60, rng)
+    assert img.shape == (40, 60, 3) and img.dtype == np.float32 and 0 <= img.min() <= img.max() <= 1
+
+
+def test_other_people_keep_apart_and_in_frame() -> None:
+    from training.synth.scene import _fits
+
+    camera = Camera(100.0, 100.0, 50.0, 50.0, look_at(np.array([0.0, 0.0, 1.0]), np.array([0.0, 5.0, 1.0])))
+    main = [np.array([0.0, 5.0])]
+    assert _fits(np.array([0.1, 5.0]), main, camera, 0.0, 0.0)  # no constraint
+    assert not _fits(np.array([0.1, 5.0]), main, camera, 30.0, 0.0)  # 2 px across: too close
+    assert _fits(np.array([2.0, 5.0]), main, camera, 30.0, 0.0)  # 40 px across
+    assert not _fits(np.array([2.0, 5.0]), main, camera, 30.0, 35.0)  # 40 px off the centre

@@ -193,37 +193,70 @@ def procedural_background(h: int, w: int, rng: np.random.Generator) -> np.ndarra
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def _photo_files() -> list[Path]:
-    """People-free photographs that ship with scikit-image (public domain or CC0), if installed."""
+ASSETS = Path(__file__).parent / "assets" / "backgrounds"
+# scikit-image's people-free photographs. CC0: brick, grass, gravel (CC0Textures), chelsea,
+# coffee; public domain: clock_motion, rocket (SpaceX), hubble_deep_field (NASA). Left out:
+# astronaut and camera, which show people, and images of unclear licence.
+SKIMAGE_PHOTOS = (
+    "brick.png", "grass.png", "gravel.png", "chelsea.png", "coffee.png",
+    "clock_motion.png", "rocket.jpg", "hubble_deep_field.jpg",
+)  # fmt: skip
+SKIMAGE_TEXTURES = ("brick.png", "grass.png", "gravel.png")
+# Photographs from Debian's wallpaper packages (scripts/fetch_backgrounds.sh; licences in
+# assets/backgrounds/README.md); those of surfaces also serve as ground textures.
+ASSET_TEXTURES = ("dune.jpg", "wood.jpg", "grass.jpg", "fig_on_concrete.jpg")
+
+
+def _skimage_files(names: tuple[str, ...]) -> list[Path]:
     try:
         import skimage
     except ImportError:
         return []
     root = Path(skimage.__file__).parent / "data"
-    # CC0: brick, grass, gravel (CC0Textures), chelsea, coffee; public domain: clock_motion,
-    # rocket (SpaceX), hubble_deep_field (NASA). Left out: astronaut and camera, which show
-    # people, and images of unclear licence.
-    names = [
-        "brick.png", "grass.png", "gravel.png", "chelsea.png", "coffee.png",
-        "clock_motion.png", "rocket.jpg", "hubble_deep_field.jpg",
-    ]  # fmt: skip
     return [root / n for n in names if (root / n).exists()]
 
 
-class Backgrounds:
-    def __init__(self) -> None:
-        self.photos = []
-        for path in _photo_files():
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if img is not None:
-                self.photos.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0)
+def photo_files(kind: str) -> tuple[list[Path], list[Path]]:
+    """(background photographs, ground textures) of a background kind.
 
-    def sample(self, h: int, w: int, rng: np.random.Generator, photo_probability: float = 0.25) -> np.ndarray:
-        if self.photos and rng.random() < photo_probability:
+    "skimage": scikit-image's photographs for both (the hard preset); "photos": the wallpaper
+    photographs in assets/ and scikit-image's chelsea and coffee as backgrounds, the surfaces
+    among them and scikit-image's textures for the ground.
+    """
+    if kind == "skimage":
+        files = _skimage_files(SKIMAGE_PHOTOS)
+        return files, files
+    if kind == "photos":
+        assets = sorted(ASSETS.glob("*.jpg"))
+        backgrounds = assets + _skimage_files(("chelsea.png", "coffee.png"))
+        grounds = [ASSETS / n for n in ASSET_TEXTURES if (ASSETS / n).exists()] + _skimage_files(SKIMAGE_TEXTURES)
+        return backgrounds, grounds
+    raise ValueError(f"unknown background kind {kind!r}")
+
+
+def _load(paths: list[Path]) -> list[np.ndarray]:
+    images = []
+    for path in paths:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is not None:
+            images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0)
+    return images
+
+
+class Backgrounds:
+    def __init__(self, kind: str = "skimage", photo_probability: float = 0.25, max_zoom: float = 2.5) -> None:
+        backgrounds, grounds = photo_files(kind)
+        self.photos = _load(backgrounds)
+        self.ground_photos = self.photos if grounds == backgrounds else _load(grounds)
+        self.photo_probability = photo_probability
+        self.max_zoom = max_zoom
+
+    def sample(self, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+        if self.photos and rng.random() < self.photo_probability:
             photo = self.photos[rng.integers(len(self.photos))]
             ph, pw = photo.shape[:2]
             # A random crop at a random scale, flipped half the time.
-            scale = rng.uniform(max(h / ph, w / pw), max(h / ph, w / pw) * 2.5)
+            scale = rng.uniform(max(h / ph, w / pw), max(h / ph, w / pw) * self.max_zoom)
             resized = cv2.resize(photo, (max(w, int(pw * scale + 0.5)), max(h, int(ph * scale + 0.5))))
             y0 = int(rng.integers(0, resized.shape[0] - h + 1))
             x0 = int(rng.integers(0, resized.shape[1] - w + 1))
@@ -237,9 +270,11 @@ class Backgrounds:
 # The ground ---------------------------------------------------------------------------------
 
 
-def _ground_texture(rng: np.random.Generator, photos: list[np.ndarray], size: int = 256) -> np.ndarray:
+def _ground_texture(
+    rng: np.random.Generator, photos: list[np.ndarray], size: int = 256, photo_probability: float = 0.4
+) -> np.ndarray:
     """A square, tileable-enough texture: paving, mottled earth, stripes, or a photograph."""
-    if photos and rng.random() < 0.4:
+    if photos and rng.random() < photo_probability:
         photo = photos[rng.integers(len(photos))]
         s = min(photo.shape[:2])
         y0 = int(rng.integers(0, photo.shape[0] - s + 1))
@@ -262,12 +297,14 @@ def _ground_texture(rng: np.random.Generator, photos: list[np.ndarray], size: in
     return np.clip(tex, 0, 1).astype(np.float32)
 
 
-def ground_plane(camera, h: int, w: int, rng: np.random.Generator, photos: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def ground_plane(
+    camera, h: int, w: int, rng: np.random.Generator, photos: list[np.ndarray], photo_probability: float = 0.4
+) -> tuple[np.ndarray, np.ndarray]:
     """The plane z=0 as the camera sees it, textured in perspective and fading into haze.
 
     Returns the image (H, W, 3) and the mask of pixels below the horizon.
     """
-    tex = _ground_texture(rng, photos)
+    tex = _ground_texture(rng, photos, photo_probability=photo_probability)
     size = tex.shape[0]
     metres = rng.uniform(0.8, 4.0)  # the ground one texture tile covers
     u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .generate import SynthConfig, generate
-from .scene import SceneSettings
+from .scene import PRESETS, scene_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=320, help="image width in pixels (default 320)")
     p.add_argument("--height", type=int, default=320, help="image height in pixels (default 320)")
     p.add_argument("--max-people", type=int, default=4, help="people per image, at most (default 4)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="photo",
+        help="photo (default): eye-level cameras, people filling much of the frame, few occluders, "
+        "photographs as backgrounds, daylight; hard: any camera height and roll, tiny to cut-off "
+        "people, occluders, procedural backgrounds (see docs/synth.md)",
+    )
     return p
 
 
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         start=args.start,
         workers=args.workers,
         val_fraction=args.val_fraction,
-        scene=SceneSettings(width=args.width, height=args.height, max_people=args.max_people),
+        scene=scene_settings(args.preset, width=args.width, height=args.height, max_people=args.max_people),
     )
     try:
         summary = generate(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))

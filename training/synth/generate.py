@@ -68,7 +68,8 @@ class ImageGenerator:
         self.cfg = cfg
         self.model = BodyModel()
         self.renderer = Renderer(cfg.scene.width, cfg.scene.height)
-        self.backgrounds = Backgrounds()
+        scene = cfg.scene
+        self.backgrounds = Backgrounds(scene.backgrounds, scene.background_photo_probability, scene.background_zoom)
 
     def render(self, index: int) -> tuple[ImageResult, np.ndarray, np.ndarray]:
         """(annotations, RGB uint8 image, instance map) of image index."""
@@ -83,7 +84,9 @@ class ImageGenerator:
         h, w = rendering.depth.shape
         background = self.backgrounds.sample(h, w, rng)
         if rng.random() < cfg.scene.ground_probability:
-            ground, below = ground_plane(spec.camera, h, w, rng, self.backgrounds.photos)
+            ground, below = ground_plane(
+                spec.camera, h, w, rng, self.backgrounds.ground_photos, cfg.scene.ground_photo_probability
+            )
             background = np.where(below[..., None], ground, background)
         # Without multisampling, silhouettes would be jagged: their edge pixels blend a little
         # background in instead.

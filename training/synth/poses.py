@@ -169,10 +169,14 @@ def _clip(bone: str, angles: np.ndarray) -> np.ndarray:
     return np.clip(angles, lo, hi)
 
 
-def sample_pose(rng: np.random.Generator, activity: str | None = None) -> tuple[str, dict[str, np.ndarray]]:
-    """(activity, {bone: 3x3 rotation}) for one body, in Anny's local-bone parameterisation."""
+def sample_pose(
+    rng: np.random.Generator, activity: str | None = None, weights: tuple[float, ...] | None = None
+) -> tuple[str, dict[str, np.ndarray]]:
+    """(activity, {bone: 3x3 rotation}) for one body, in Anny's local-bone parameterisation;
+    the activity drawn with weights (over ACTIVITIES; default ACTIVITY_WEIGHTS) unless given."""
     if activity is None:
-        activity = str(rng.choice(ACTIVITIES, p=np.array(ACTIVITY_WEIGHTS) / sum(ACTIVITY_WEIGHTS)))
+        w = np.array(weights if weights else ACTIVITY_WEIGHTS, dtype=float)
+        activity = str(rng.choice(ACTIVITIES, p=w / w.sum()))
     angles, trunk = _legs(activity, rng)
     if activity in ("walk", "run"):
         # Each arm swings against the leg on its side.

@@ -14,16 +14,94 @@ from .render import Camera, Light, MeshSpec, SceneSpec, look_at
 
 @dataclass
 class SceneSettings:
+    """What a scene may hold; the defaults are the "hard" preset (see PRESETS)."""
+
     width: int = 320
     height: int = 320
     max_people: int = 4
+    preset: str = "hard"
     fov_deg: tuple[float, float] = (30.0, 70.0)
     # Height of the main person as a fraction of the image height; beyond 1 means cut off.
     person_scale: tuple[float, float] = (0.3, 0.95)
     close_up_probability: float = 0.15
+    close_up_scale_max: float = 1.6
     occluder_probability: float = 0.35
     # Share of images whose background has a ground plane in perspective below the horizon.
     ground_probability: float = 0.5
+    # Background photographs (appearance.photo_files): "skimage" or "photos"; the share of
+    # backgrounds that are photographs (the others procedural) and of ground textures that are;
+    # how far a background photograph may be zoomed in.
+    backgrounds: str = "skimage"
+    background_photo_probability: float = 0.25
+    ground_photo_probability: float = 0.4
+    background_zoom: float = 2.5
+    # Camera height in metres; a share of high cameras looking down.
+    camera_height: tuple[float, float] = (0.3, 2.2)
+    high_camera_probability: float = 0.12
+    high_camera_height: tuple[float, float] = (2.2, 5.0)
+    camera_roll_deg: float = 4.0  # standard deviation
+    # Where the camera aims: a share of the half-width sideways, a share of the main person's
+    # height upwards.
+    aim_lateral: float = 0.3
+    aim_height: tuple[float, float] = (0.3, 0.7)
+    # The other people's distance, as a multiple of the main person's, and their lateral spread.
+    others_depth: tuple[float, float] = (0.5, 2.5)
+    others_lateral: float = 1.2
+    # Least distance between two people's centres across the image, as a share of its width,
+    # and how far from the image centre another person's centre may be seen (0: anywhere).
+    others_min_gap: float = 0.0
+    others_max_offset: float = 0.0
+    # Share of people turned towards the camera (within a normal spread of facing_spread_deg);
+    # the others face any way.
+    facing_camera_probability: float = 0.0
+    facing_spread_deg: float = 40.0
+    # Weights of 1, 2, ... people per image (cut to max_people; 0.02 each beyond).
+    people_weights: tuple[float, ...] = (0.35, 0.3, 0.17, 0.1, 0.05, 0.03)
+    # Weights of the activities in poses.ACTIVITIES; empty: poses.ACTIVITY_WEIGHTS.
+    activity_weights: tuple[float, ...] = ()
+    # "random": one to three lights from anywhere, of any strength; "photo": a key light (sun,
+    # window) from the camera's side, a fill light, light from the sky and a bright ambient.
+    lighting: str = "random"
+
+
+# Named sets of SceneSettings overrides; "photo" is the default of `hevitpose synth`.
+PRESETS: dict[str, dict] = {
+    # The original generator: any camera height and roll, people from tiny to cut off,
+    # occluders in a third of the images, procedural backgrounds.
+    "hard": {},
+    # What ordinary photos and videos of people look like (docs/synth.md measures each change).
+    "photo": {
+        "camera_height": (1.0, 1.9),  # eye level, standing or sitting photographer
+        "high_camera_probability": 0.0,
+        "camera_roll_deg": 2.0,
+        "person_scale": (0.5, 0.85),
+        "close_up_probability": 0.05,
+        "close_up_scale_max": 1.3,
+        "aim_height": (0.4, 0.6),
+        "aim_lateral": 0.2,
+        "others_depth": (0.8, 1.5),
+        "others_lateral": 0.85,
+        "others_min_gap": 0.35,
+        "others_max_offset": 0.38,
+        "occluder_probability": 0.08,
+        "people_weights": (0.5, 0.3, 0.12, 0.08),
+        # stand, walk, run, sit, crouch, kneel, bend, lunge, lie, free
+        "activity_weights": (0.3, 0.25, 0.1, 0.12, 0.04, 0.04, 0.04, 0.05, 0.03, 0.03),
+        "facing_camera_probability": 0.6,
+        "lighting": "photo",
+        "backgrounds": "photos",
+        "background_photo_probability": 0.8,
+        "ground_photo_probability": 0.7,
+        "background_zoom": 1.8,
+    },
+}
+
+
+def scene_settings(preset: str = "photo", **overrides) -> SceneSettings:
+    """The settings of a named preset, with any field overridden."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    return SceneSettings(preset=preset, **{**PRESETS[preset], **overrides})
 
 
 @dataclass
@@ -99,9 +177,9 @@ def sample_scene(
     model: BodyModel, rng: np.random.Generator, settings: SceneSettings
 ) -> tuple[SceneSpec, list[Person]]:
     w, h = settings.width, settings.height
-    n_people = int(rng.choice(np.arange(1, settings.max_people + 1), p=_people_weights(settings.max_people)))
+    n_people = int(rng.choice(np.arange(1, settings.max_people + 1), p=_people_weights(settings.people_weights, settings.max_people)))
     phenotypes = [sample_phenotype(rng) for _ in range(n_people)]
-    poses = [sample_pose(rng) for _ in range(n_people)]
+    poses = [sample_pose(rng, weights=settings.activity_weights or None) for _ in range(n_people)]
     bodies = model.pose(phenotypes, [rot for _, rot in poses])
     for body, (activity, _) in zip(bodies, poses):
         if activity == "lie":
@@ -114,18 +192,21 @@ def sample_scene(
     # The first person's size: its height, or its length when it lies down.
     main_h = float(max(np.ptp(bodies[0].vertices[:, 2]), 0.7 * np.ptp(bodies[0].vertices[:, :2], axis=0).max()))
     if rng.random() < settings.close_up_probability:
-        scale = rng.uniform(settings.person_scale[1], 1.6)
+        scale = rng.uniform(settings.person_scale[1], settings.close_up_scale_max)
     else:
         scale = rng.uniform(*settings.person_scale)
     distance = fy * main_h / (scale * h)
-    cam_height = rng.uniform(2.2, 5.0) if rng.random() < 0.12 else rng.uniform(0.3, 2.2)
+    if rng.random() < settings.high_camera_probability:
+        cam_height = rng.uniform(*settings.high_camera_height)
+    else:
+        cam_height = rng.uniform(*settings.camera_height)
     ground_dist = float(np.sqrt(max(distance**2 - (cam_height - main_h / 2) ** 2, 0.6**2)))
     half_width = ground_dist * (w / 2) / fx
     target = np.array(
-        [rng.uniform(-0.3, 0.3) * half_width, ground_dist, main_h * rng.uniform(0.3, 0.7)]
+        [rng.uniform(-settings.aim_lateral, settings.aim_lateral) * half_width, ground_dist, main_h * rng.uniform(*settings.aim_height)]
     )
     eye = np.array([0.0, 0.0, cam_height])
-    camera = Camera(fx, fy, w / 2, h / 2, look_at(eye, target, rng.normal(0, 4)))
+    camera = Camera(fx, fy, w / 2, h / 2, look_at(eye, target, rng.normal(0, settings.camera_roll_deg)))
 
     placed: list[np.ndarray] = [np.array([0.0, ground_dist])]
     persons: list[Person] = []
@@ -134,17 +215,23 @@ def sample_scene(
         if i > 0:
             position = None
             for _ in range(10):
-                depth = max(0.8, ground_dist * rng.uniform(0.5, 2.5))
-                lateral = rng.uniform(-1.2, 1.2) * depth * (w / 2) / fx
+                depth = max(0.8, ground_dist * rng.uniform(*settings.others_depth))
+                lateral = rng.uniform(-settings.others_lateral, settings.others_lateral) * depth * (w / 2) / fx
                 candidate = np.array([lateral, depth])
-                if all(np.linalg.norm(candidate - p) > 0.55 for p in placed):
+                if all(np.linalg.norm(candidate - p) > 0.55 for p in placed) and _fits(
+                    candidate, placed, camera, settings.others_min_gap * w, settings.others_max_offset * w
+                ):
                     position = candidate
                     break
             if position is None:
                 continue
             placed.append(position)
         base = np.array([placed[-1][0], placed[-1][1], 0.0])
-        yaw = rng.uniform(0, 2 * np.pi)
+        if settings.facing_camera_probability > 0 and rng.random() < settings.facing_camera_probability:
+            # A body faces -y at yaw 0; the camera stands at the origin.
+            yaw = np.arctan2(-base[0], base[1]) + rng.normal(0, np.radians(settings.facing_spread_deg))
+        else:
+            yaw = rng.uniform(0, 2 * np.pi)
         rot = _yaw(yaw)
         vertices = body.vertices @ rot.T + base
         keypoints = body.keypoints @ rot.T + base
@@ -182,6 +269,33 @@ def sample_scene(
             if depth.min() > 0.3 and np.prod(hi - lo) < 0.3 * w * h:
                 meshes.append(box)
 
+    if settings.lighting == "photo":
+        lights, ambient = _photo_lights(rng)
+    else:
+        lights, ambient = _random_lights(rng)
+    spec = SceneSpec(camera, meshes, lights, ambient, roughness=float(rng.uniform(0.5, 1.0)))
+    return spec, persons
+
+
+def _fits(candidate: np.ndarray, placed: list[np.ndarray], camera: Camera, gap_px: float, offset_px: float) -> bool:
+    """Whether a person standing at candidate is seen at least gap_px across from all placed
+    and, if offset_px > 0, no further than offset_px from the image centre."""
+    if gap_px <= 0 and offset_px <= 0:
+        return True
+    points = np.array([[p[0], p[1], 1.0] for p in [candidate, *placed]])
+    u = camera.project(points)[0][:, 0]
+    if offset_px > 0 and abs(u[0] - camera.cx) > offset_px:
+        return False
+    return bool(np.all(np.abs(u[1:] - u[0]) >= gap_px))
+
+
+def _light(azimuth: float, elevation: float, tint: np.ndarray, intensity: float) -> Light:
+    """A directional light coming from azimuth (0: +x, pi/2: +y, the way the camera looks)."""
+    source = np.array([np.cos(azimuth) * np.cos(elevation), np.sin(azimuth) * np.cos(elevation), np.sin(elevation)])
+    return Light(-source, tint, float(intensity))
+
+
+def _random_lights(rng: np.random.Generator) -> tuple[list[Light], np.ndarray]:
     lights = []
     for k in range(int(rng.integers(1, 4))):
         azimuth, elevation = rng.uniform(0, 2 * np.pi), rng.uniform(np.radians(15), np.radians(85))
@@ -190,10 +304,24 @@ def sample_scene(
         intensity = rng.uniform(1.5, 5.0) if k == 0 else rng.uniform(0.3, 2.0)
         lights.append(Light(direction, tint, float(intensity)))
     ambient = np.full(3, rng.uniform(0.1, 0.5)) * np.clip(1.0 + rng.normal(0, 0.05, 3), 0.8, 1.0)
-    spec = SceneSpec(camera, meshes, lights, ambient, roughness=float(rng.uniform(0.5, 1.0)))
-    return spec, persons
+    return lights, ambient
 
 
-def _people_weights(max_people: int) -> np.ndarray:
-    weights = np.array([0.35, 0.3, 0.17, 0.1, 0.05, 0.03][:max_people] + [0.02] * max(0, max_people - 6))
+def _photo_lights(rng: np.random.Generator) -> tuple[list[Light], np.ndarray]:
+    """Daylight or room light as photographs show it: people mostly lit from the camera's side."""
+    behind_camera = -np.pi / 2  # the camera stands at the origin looking along +y
+    key_azimuth = behind_camera + rng.uniform(-1, 1) * np.radians(110)
+    warm = np.array([1.0, rng.uniform(0.9, 1.0), rng.uniform(0.78, 0.95)])
+    lights = [_light(key_azimuth, np.radians(rng.uniform(20, 65)), warm, rng.uniform(2.5, 4.5))]
+    # Fill from the other side of the camera, and the sky from above (cool).
+    fill_azimuth = 2 * behind_camera - key_azimuth + rng.normal(0, 0.3)
+    lights.append(_light(fill_azimuth, np.radians(rng.uniform(5, 40)), np.ones(3), rng.uniform(0.6, 1.6)))
+    sky = np.array([rng.uniform(0.85, 0.95), rng.uniform(0.92, 1.0), 1.0])
+    lights.append(_light(rng.uniform(0, 2 * np.pi), np.radians(rng.uniform(70, 90)), sky, rng.uniform(0.5, 1.5)))
+    ambient = np.full(3, rng.uniform(0.25, 0.5)) * sky
+    return lights, ambient
+
+
+def _people_weights(table: tuple[float, ...], max_people: int) -> np.ndarray:
+    weights = np.array(list(table[:max_people]) + [0.02] * max(0, max_people - len(table)))
     return weights / weights.sum()
