@@ -203,3 +203,12 @@ def test_a_short_run_learns_its_training_images(tmp_path):
     result = Trainer(load_config(cfg)).fit()
     assert result["step"] == 60
     assert result["val"]["AP"] >= 0.9, result["val"]
+
+
+def test_time_limit_stops_with_a_checkpoint(tmp_path, coco_root, capsys):
+    extra = {"optim": {"epochs": 50}, "eval": {"interval": 100}}
+    cfg = write_config(tmp_path / "t.yaml", "coco", coco_root, tmp_path / "t", extra)
+    assert train_main([str(cfg), "run.time_limit_s=0.001"]) == 0
+    state = torch.load(tmp_path / "t" / "last.pt", weights_only=False)
+    assert state["step"] == 1  # the first step already ran past the limit
+    assert "(run.time_limit_s)" in capsys.readouterr().err

@@ -105,6 +105,7 @@ class RunConfig:
     deterministic: bool = False
     threads: int = 0  # torch CPU threads in the training process; 0 = torch's default
     max_steps: int = 0  # stop (with a checkpoint) after this many optimiser steps; 0 = no limit
+    time_limit_s: float = 0.0  # stop likewise once training has run this long (a lent machine's budget); 0 = none
     max_val_samples: int = 0  # COCO: validate on the first N images only (quick checks); 0 = all
     log_interval: int = 20
     progress: bool = True

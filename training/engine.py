@@ -415,16 +415,22 @@ class Trainer:
             window_steps += 1
             window_samples += inputs.shape[0] * self.dist.world
             done = bool(cfg.run.max_steps and self.step >= cfg.run.max_steps)
+            out_of_time = bool(cfg.run.time_limit_s and time.perf_counter() - run_start >= cfg.run.time_limit_s)
+            # As for a stop signal: ranks check the clock only at the shared windows, so all stop together.
+            local_late = out_of_time and not self.dist.enabled
             end_of_epoch = self.batch_in_epoch >= self.iters_per_epoch
             # A single process stops at the next step; ranks agree on it at the next window.
             local_stop = self.stop_requested and not self.dist.enabled
-            if window_steps >= cfg.run.log_interval or done or end_of_epoch or local_stop:
+            if window_steps >= cfg.run.log_interval or done or end_of_epoch or local_stop or local_late:
                 # One sync per window: every rank reduces the same values, so all stop together.
                 flag = torch.tensor(float(self.stop_requested), device=self.device)
-                reduced = self.all_mean(torch.stack([loss_sum / window_steps, flag]))
+                late = torch.tensor(float(out_of_time), device=self.device)
+                reduced = self.all_mean(torch.stack([loss_sum / window_steps, flag, late]))
                 mean_loss = float(reduced[0])
                 if float(reduced[1]) > 0 and not done:
                     done, reason = True, "a stop signal"
+                elif float(reduced[2]) > 0 and not done:
+                    done, reason = True, "run.time_limit_s"
                 else:
                     reason = "run.max_steps"
                 if not math.isfinite(mean_loss):
