@@ -1,0 +1,149 @@
+"""Train the default model on a lent GPU in one call: unpack, measure, train, evaluate, export.
+
+Run on the device machine from the repository root, with the data pack (training/pack.py) and
+the carried wheels beside it::
+
+    python3 scripts/gpu_run.py --pack data/pack --out "$OUT" --train-seconds 330
+
+Every step's result lands in ``--out`` as soon as it exists (timings.json is rewritten after each
+step), so a run cut short still returns what it did. ``--smoke`` runs the whole path on a CPU in
+a minute (a few steps, tiny inputs): CI tests it, so the first lent GPU spends its time training.
+
+Model choice, by measurement: each candidate trains ``--probe-steps`` steps; the first (largest)
+whose rate fits ``--min-samples`` into the training time is taken, else the fastest. Epochs and
+the learning-rate steps are then sized to the measured rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class Timings:
+    def __init__(self, out: Path):
+        self.out, self.start, self.steps = out, time.perf_counter(), {}
+
+    def mark(self, name: str, **info) -> None:
+        self.steps[name] = {"at_s": round(time.perf_counter() - self.start, 1), **info}
+        (self.out / "timings.json").write_text(json.dumps(self.steps, indent=2, default=str))
+        print(f"[{self.steps[name]['at_s']:7.1f} s] {name} {json.dumps(info, default=str)}", flush=True)
+
+
+def rate_of(metrics_file: Path) -> float:
+    """Samples/s of the last logged training window (the first one includes start-up)."""
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    rates = [r["samples_per_s"] for r in rows if r.get("kind") == "train"]
+    return rates[-1] if rates else 0.0
+
+
+def epoch_plan(rate: float, seconds: float, epoch_samples: int, minimum: int = 1) -> tuple[int, list[int]]:
+    epochs = max(minimum, int(rate * seconds // max(epoch_samples, 1)))
+    milestones = sorted({max(1, math.floor(0.8 * epochs)), max(1, math.floor(0.95 * epochs))})
+    return epochs, [m for m in milestones if m < epochs] or [epochs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pack", type=Path, default=ROOT / "data/pack")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_run_out")))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/hevitpose_gpu_run"))
+    parser.add_argument("--config", default=str(ROOT / "configs/hevitpose_default_gpu.yaml"))
+    parser.add_argument("--models", default="hevitpose-b,hevitpose-s,hevitpose-t", help="candidates, largest first")
+    parser.add_argument("--train-seconds", type=float, default=330.0, help="training time after the probes")
+    parser.add_argument("--min-samples", type=int, default=600_000)
+    parser.add_argument("--probe-steps", type=int, default=40)
+    parser.add_argument("--smoke", action="store_true", help="CPU check of the whole path: tiny inputs, a few steps")
+    parser.add_argument("overrides", nargs="*", help="extra recipe overrides, key=value")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from training.build import train_dataset
+    from training.cli import eval_main, export_main
+    from training.config import load_config
+    from training.engine import Trainer
+    from training.pack import read_pack
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    timings = Timings(args.out)
+    cuda = torch.cuda.is_available()
+    timings.mark("start", cuda=cuda, device=torch.cuda.get_device_name(0) if cuda else "cpu", torch=torch.__version__)
+    if not cuda and not args.smoke:
+        print("no CUDA device: run with --smoke on a CPU", file=sys.stderr)
+        return 2
+
+    data = args.work / "data"
+    if args.work.exists():
+        shutil.rmtree(args.work)
+    report = read_pack(args.pack, data, workers=os.cpu_count() or 1)
+    timings.mark("unpacked", **report)
+
+    base = [f"data.root={data / 'real'}", *args.overrides]
+    if args.smoke:
+        base += ["model.input_size=[64,64]", "optim.batch_size=4", "eval.batch_size=8", "data.workers=1",
+                 "data.pin_memory=false", "run.max_val_samples=4", "run.plot=true"]  # fmt: skip
+        probe_steps, train_seconds = 2, 0.0
+    else:
+        probe_steps, train_seconds = args.probe_steps, args.train_seconds
+
+    candidates = [m.strip() for m in args.models.split(",") if m.strip()]
+    epoch_samples = len(train_dataset(load_config(args.config, base)))
+    rates = {}
+    chosen = None
+    for name in candidates:
+        probe_dir = args.work / f"probe_{name}"
+        cfg = load_config(args.config, [*base, f"model.name={name}", f"run.max_steps={probe_steps}",
+                                        f"run.out_dir={probe_dir}", "run.log_interval=10", "run.plot=false"])  # fmt: skip
+        Trainer(cfg).fit()
+        rates[name] = rate_of(probe_dir / "metrics.jsonl")
+        timings.mark(f"probe {name}", samples_per_s=round(rates[name], 1))
+        if rates[name] * max(train_seconds, 1.0) >= args.min_samples or args.smoke:
+            chosen = name
+            break
+    if chosen is None:
+        chosen = max(rates, key=rates.get)
+    epochs, milestones = epoch_plan(rates[chosen], train_seconds, epoch_samples)
+    run_dir = args.work / "run"
+    train_overrides = [*base, f"model.name={chosen}", f"optim.epochs={epochs}", f"optim.milestones={milestones}",
+                       f"run.out_dir={run_dir}", f"run.time_limit_s={train_seconds * 1.15 if train_seconds else 0}"]  # fmt: skip
+    if args.smoke:
+        train_overrides += ["run.max_steps=3"]
+    timings.mark("plan", model=chosen, rates=rates, epoch_samples=epoch_samples, epochs=epochs, milestones=milestones)
+
+    cfg = load_config(args.config, train_overrides)
+    result = Trainer(cfg).fit()
+    timings.mark("trained", step=result["step"], epoch=result["epoch"], stopped=result["stopped"], val=result["val"])
+    for name in ("metrics.jsonl", "config.json", "curves.png"):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, args.out / name)
+
+    checkpoint = run_dir / "last.pt"
+    bundle_name = f"{chosen}-default-gpu"
+    export_main([str(checkpoint), str(args.out / "weights"), "--name", bundle_name, "--no-onnx"])
+    timings.mark("exported", bundle=str(args.out / "weights" / bundle_name))
+
+    evals = {
+        "real_val": [],  # the held-out video, against the agreed teacher labels
+        "synth_val": [f"data.root={data / 'synth'}"],  # held-out renders, exact labels
+    }
+    for split, extra in evals.items():
+        out_file = args.out / f"eval_{split}.json"
+        eval_main([args.config, str(checkpoint), *train_overrides, *extra, "--out", str(out_file)])
+        metrics = json.loads(out_file.read_text())["metrics"]
+        timings.mark(f"eval {split}", AP=metrics.get("AP"), AP50=metrics.get("AP50"))
+    timings.mark("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
