@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import errors, imaging, render
+from service import errors, imaging, render, video_routes
 from service.engine import PoseService
 from service.logs import request_id_var
 from service.metrics import ENDPOINTS
@@ -34,6 +34,7 @@ from service.settings import DetectorMode, Settings
 access_log = logging.getLogger("service.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+VIDEO_PATHS = ("/v1/predict/video", "/v1/render/video")  # their body limit is HEVITPOSE_VIDEO_MAX_BYTES
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -63,7 +64,8 @@ class ServiceMiddleware:
         token = request_id_var.set(request_id)
         start = time.perf_counter()
         status = 500
-        limit = self.service.settings.max_body_bytes
+        settings = self.service.settings
+        limit = settings.video_max_bytes if scope["path"] in VIDEO_PATHS else settings.max_body_bytes
         received = 0
 
         async def send_with_id(message: Message) -> None:
@@ -113,8 +115,9 @@ class ServiceMiddleware:
         if scope["method"] == "POST" and scope["path"].startswith("/v1/"):
             content_type = headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type != "multipart/form-data":
+                field = "video" if scope["path"] in VIDEO_PATHS else "image"
                 return errors.unsupported_media_type(
-                    f"send multipart/form-data with an 'image' file field, not {content_type or 'no content type'}"
+                    f"send multipart/form-data with a '{field}' file field, not {content_type or 'no content type'}"
                 )
         return None
 
@@ -152,6 +155,7 @@ def create_app(settings: Settings | None = None, service: PoseService | None = N
     )
     app.state.service = service
     app.add_middleware(ServiceMiddleware, service=service)
+    app.include_router(video_routes.router)
     errors.install_handlers(app, service.count_rejection)
 
     def options_for(

@@ -168,6 +168,11 @@ class PoseService:
             raise DeadlineExceeded("deadline passed before decoding")
         image, decode_s = self._decode(data)
         self.metrics.stage_duration.labels("decode").observe(decode_s)
+        return self._prepare_decoded(image, options, deadline, decode_s)
+
+    def _prepare_decoded(self, image: np.ndarray, options: PredictOptions, deadline: float, decode_s: float = 0.0):
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded("deadline passed before detecting")
         boxes, box_scores, detect_s = self._boxes(image, options)
         if options.detector == "nanodet":
             self.metrics.stage_duration.labels("detect").observe(detect_s)
@@ -229,31 +234,82 @@ class PoseService:
         except Stopped:
             raise errors.not_ready("the service is shutting down") from None
 
-        out, results = [], iter(pose_results)
-        for (image, boxes, box_scores, job, t), opts in zip(prepared, options):
-            if job is None:
-                k = self.model.meta.num_keypoints
-                res = PoseResult(np.zeros((0, k, 2)), np.zeros((0, k)))
-            else:
-                res = next(results)
-            h, w = image.shape[:2]
-            pred = Prediction(w, h, image, boxes, box_scores, res.keypoints, res.scores, {})
-            pred.person_scores = person_scores(box_scores, res.scores, self.settings.person_keypoint_threshold)
-            pred = _filter(pred, opts.min_score)
-            self.metrics.persons_per_image.observe(len(pred.bboxes))
-            pred.timings_ms = {
-                "decode": t["decode"] * 1e3, "detect": t["detect"] * 1e3, "crop": res.crop_s * 1e3,
-                "queue": res.queue_s * 1e3, "pose": res.pose_s * 1e3, "postprocess": res.postprocess_s * 1e3,
-                "total": (time.perf_counter() - start) * 1e3,
-            }  # fmt: skip
-            out.append(pred)
-        return out
+        results = iter(pose_results)
+        return [self._finish(p, None if p[3] is None else next(results), opts, start)
+                for p, opts in zip(prepared, options)]  # fmt: skip
+
+    def _finish(self, prepared, res: PoseResult | None, opts: PredictOptions, start: float) -> Prediction:
+        assert self.model is not None
+        image, boxes, box_scores, job, t = prepared
+        if res is None:
+            k = self.model.meta.num_keypoints
+            res = PoseResult(np.zeros((0, k, 2)), np.zeros((0, k)))
+        h, w = image.shape[:2]
+        pred = Prediction(w, h, image, boxes, box_scores, res.keypoints, res.scores, {})
+        pred.person_scores = person_scores(box_scores, res.scores, self.settings.person_keypoint_threshold)
+        pred = _filter(pred, opts.min_score)
+        self.metrics.persons_per_image.observe(len(pred.bboxes))
+        pred.timings_ms = {
+            "decode": t["decode"] * 1e3, "detect": t["detect"] * 1e3, "crop": res.crop_s * 1e3,
+            "queue": res.queue_s * 1e3, "pose": res.pose_s * 1e3, "postprocess": res.postprocess_s * 1e3,
+            "total": (time.perf_counter() - start) * 1e3,
+        }  # fmt: skip
+        return pred
+
+    async def predict_frame(self, image: np.ndarray, options: PredictOptions, wait_for_room: bool = True) -> Prediction:
+        """One decoded video or stream frame through the detector and the shared pose worker.
+
+        ``wait_for_room``: when the pose queue is full, wait for room until the frame's deadline
+        (a video: its frames are not refused half-way) instead of raising 503 (a live stream drops
+        the frame). Cancelling the caller takes its job out of the queue.
+        """
+        self.check_ready()
+        assert self.batcher is not None
+        start = time.perf_counter()
+        timeout = self.settings.request_timeout_s
+        deadline = time.monotonic() + timeout
+        job = None
+        try:
+            async with asyncio.timeout(timeout):
+                prepared = await self.run_in_pool(self._prepare_decoded, image, options, deadline)
+                job = prepared[3]
+                res = None
+                if job is not None:
+                    while True:
+                        try:
+                            self.batcher.submit([job])
+                            break
+                        except QueueFull:
+                            if not wait_for_room:
+                                raise errors.queue_full(self.batcher.retry_after_s()) from None
+                            await asyncio.sleep(0.01)
+                    self.metrics.queue_depth.set(self.batcher.depth)
+                    res = await asyncio.wrap_future(job.future)
+        except TimeoutError:
+            raise errors.deadline(timeout) from None
+        except DeadlineExceeded:
+            raise errors.deadline(timeout) from None
+        except Stopped:
+            raise errors.not_ready("the service is shutting down") from None
+        finally:
+            if job is not None and not job.future.done():
+                self.batcher.discard([job])  # cancelled (the client left) or timed out
+        return self._finish(prepared, res, options, start)
 
     def to_json(self, pred: Prediction) -> dict:
         assert self.model is not None
+        return {
+            "image": {"width": pred.width, "height": pred.height},
+            "persons": self.persons_json(pred),
+            "model": {"name": self.model.name, "version": self.model.version},
+            "timings_ms": {k: round(v, 3) for k, v in pred.timings_ms.items()},
+        }
+
+    def persons_json(self, pred: Prediction) -> list[dict]:
+        assert self.model is not None
         names = self.model.meta.keypoint_names
         person_scores = pred.person_scores
-        persons = [
+        return [
             {
                 "bbox": [round(float(v), 2) for v in pred.bboxes[i]],
                 "bbox_score": round(float(pred.bbox_scores[i]), 4),
@@ -265,12 +321,6 @@ class PoseService:
             }
             for i in range(len(pred.bboxes))
         ]
-        return {
-            "image": {"width": pred.width, "height": pred.height},
-            "persons": persons,
-            "model": {"name": self.model.name, "version": self.model.version},
-            "timings_ms": {k: round(v, 3) for k, v in pred.timings_ms.items()},
-        }
 
     def model_info(self) -> dict:
         m = self.model

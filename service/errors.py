@@ -23,6 +23,8 @@ log = logging.getLogger("service.errors")
 
 TITLES = {
     "invalid_image": "Image could not be decoded",
+    "invalid_video": "Video could not be decoded",
+    "too_many_streams": "Too many streams",
     "too_large": "Content too large",
     "unsupported_media_type": "Unsupported media type",
     "invalid_field": "Invalid request field",
@@ -46,6 +48,15 @@ class Problem(Exception):
 
 def invalid_image(detail: str) -> Problem:
     return Problem(400, "invalid_image", detail)
+
+
+def invalid_video(detail: str) -> Problem:
+    return Problem(400, "invalid_video", detail)
+
+
+def too_many_streams(limit: int) -> Problem:
+    return Problem(503, "too_many_streams", f"{limit} streams are open, the most this server takes; retry later",
+                   {"Retry-After": "5"})  # fmt: skip
 
 
 def too_large(detail: str) -> Problem:

@@ -15,7 +15,9 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PERSON_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100)
 
 STAGES = ("decode", "detect", "crop", "pose", "postprocess")
-ENDPOINTS = ("/v1/predict", "/v1/predict/batch", "/v1/render", "/v1/models", "/healthz", "/readyz", "/metrics")
+ENDPOINTS = ("/v1/predict", "/v1/predict/batch", "/v1/render", "/v1/predict/video", "/v1/render/video", "/v1/stream",
+             "/v1/models", "/healthz", "/readyz", "/metrics")
+SOURCES = ("video", "stream")  # where frames come from: an uploaded video or a WebSocket stream
 
 
 class ServiceMetrics:
@@ -55,8 +57,29 @@ class ServiceMetrics:
             "hevitpose_gpu_memory_bytes", "CUDA memory held by the pose model's process", ["device", "kind"],
             registry=r,
         )  # fmt: skip
+        self.frames = Counter(
+            "hevitpose_frames", "Video and stream frames processed", ["source"], registry=r
+        )
+        self.frames_dropped = Counter(
+            "hevitpose_frames_dropped", "Stream frames dropped because the client sent faster than it was answered"
+            " (or the pose queue was full)", ["source"], registry=r,
+        )  # fmt: skip
+        self.active_streams = Gauge(
+            "hevitpose_active_streams", "Videos being processed and WebSocket streams open", ["source"], registry=r
+        )
+        self.tracks_started = Counter(
+            "hevitpose_tracks_started", "Person tracks started (new track ids)", ["source"], registry=r
+        )
+        self.frame_duration = Histogram(
+            "hevitpose_frame_duration_seconds", "Latency of one frame: decoded or received to its answer",
+            ["source"], buckets=REQUEST_BUCKETS, registry=r,
+        )  # fmt: skip
         for stage in STAGES:  # export every series from the start, so dashboards never see gaps
             self.stage_duration.labels(stage)
+        for source in SOURCES:
+            for metric in (self.frames, self.frames_dropped, self.active_streams, self.tracks_started,
+                           self.frame_duration):  # fmt: skip
+                metric.labels(source)
 
     def update_gpu_memory(self, device) -> None:
         import torch

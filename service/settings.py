@@ -58,3 +58,21 @@ class Settings(BaseSettings):
     render_keypoint_threshold: float = Field(0.3, ge=0, le=1)
     warmup: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Video (/v1/predict/video, /v1/render/video) and live streams (WS /v1/stream)
+    video_max_bytes: int = Field(200 * 1024 * 1024, ge=1)  # largest video upload
+    video_max_frames: int = Field(9000, ge=1)  # most frames one video request processes
+    video_max_seconds: float = Field(600.0, gt=0)  # longest stretch of video one request reads
+    video_max_pixels: int = Field(3840 * 2160, ge=1)  # width * height of a video or stream frame
+    video_pipeline_depth: int = Field(4, ge=1, le=64)  # frames of one video in flight at once
+    stream_max_concurrent: int = Field(8, ge=1)  # open WebSocket streams; beyond it 503
+    stream_idle_timeout_s: float = Field(30.0, gt=0)  # a stream that sends nothing this long is closed
+
+    # Tracking (ByteTrack-style, service/tracking.py) and smoothing (One Euro, service/smoothing.py)
+    track_high_score: float = Field(0.3, ge=0, le=1)  # detections matched first, and that may start tracks
+    track_low_score: float = Field(0.1, ge=0, le=1)  # weaker detections only continue recent tracks
+    track_match_iou: float = Field(0.2, ge=0, le=1)  # least IoU with a track's predicted box
+    track_max_lost_frames: int = Field(30, ge=0)  # processed frames a lost track waits to be found again
+    smooth_min_cutoff: float = Field(1.0, gt=0)  # One Euro: cutoff (Hz) of a still joint
+    smooth_beta: float = Field(1.0, ge=0)  # One Euro: cutoff added per person height / s of speed
+    smooth_keypoint_threshold: float = Field(0.3, ge=0, le=1)  # joints below it are not smoothed
