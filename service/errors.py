@@ -25,6 +25,7 @@ TITLES = {
     "invalid_image": "Image could not be decoded",
     "invalid_video": "Video could not be decoded",
     "too_many_streams": "Too many streams",
+    "idle_timeout": "Stream idle too long",
     "too_large": "Content too large",
     "unsupported_media_type": "Unsupported media type",
     "invalid_field": "Invalid request field",
