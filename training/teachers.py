@@ -147,11 +147,8 @@ class Thunder:
 
 
 class BlazePose:
-    """BlazePose GHUM heavy on the same crop; visibility (a logit) becomes the keypoint score.
-
-    Also returns the person's segmentation mask in image pixels (probability, float32) and its
-    presence score: a low presence means the crop holds no person for this teacher.
-    """
+    """BlazePose GHUM heavy on the same crop; visibility (a logit) times the pose presence score
+    becomes the keypoint score, so a crop that holds no person for this teacher scores low."""
 
     name = "blazepose"
 
@@ -159,18 +156,11 @@ class BlazePose:
         self.session = _session(path, threads)
         self.input = self.session.get_inputs()[0].name
 
-    def run(self, rgb: np.ndarray, bbox: np.ndarray):
+    def __call__(self, rgb: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         matrix = square_crop_matrix(bbox)
         crop = _crop(rgb, matrix).astype(np.float32) / 255.0
-        landmarks, presence, mask_logits = self.session.run(
-            ["Identity", "Identity_1", "Identity_2"], {self.input: crop[None]}
-        )
+        landmarks, presence = self.session.run(["Identity", "Identity_1"], {self.input: crop[None]})
         lm = landmarks.reshape(39, 5)[list(BLAZEPOSE_TO_COCO)]
         points = _crop_to_image(lm[:, :2].astype(np.float64), matrix)
         visibility = 1.0 / (1.0 + np.exp(-lm[:, 3].astype(np.float64)))
-        presence = float(np.asarray(presence).reshape(-1)[0])
-        return points, visibility * presence, matrix, mask_logits[0, :, :, 0]
-
-    def __call__(self, rgb: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        points, scores, _, _ = self.run(rgb, bbox)
-        return points, scores
+        return points, visibility * float(np.asarray(presence).reshape(-1)[0])
