@@ -8,7 +8,7 @@ it times the bare model through the same runner at the same batch sizes.
 
     python bench/service_load.py                                   # hevitpose-b, 16 clients, 30 s
     python bench/service_load.py --model hevitpose-t --concurrency 4 --duration 10 --no-write
-    python bench/service_load.py --weights weights/hevitpose-b-synth --device cuda
+    python bench/service_load.py --weights weights/hevitpose-t-default --device cuda
 
 Without --weights a bundle with random weights is built for --model: speed does not depend
 on the weights' values, only the (random) keypoint positions do.

@@ -9,7 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_WEIGHTS = PACKAGE_DIR.parent / "weights" / "hevitpose-b-synth"
+DEFAULT_WEIGHTS = PACKAGE_DIR.parent / "weights" / "hevitpose-t-default"
 DEFAULT_DETECTOR = PACKAGE_DIR / "assets" / "nanodet-m-416-coco.onnx"
 
 DetectorMode = Literal["nanodet", "boxes", "whole_image"]
