@@ -78,17 +78,7 @@ def val_dataset(cfg: TrainConfig) -> TopDownDataset:
         # whole images only, so that COCOeval sees every person of the images it scores
         keep_ids = list(dict.fromkeys(instances.image_ids.tolist()))[: cfg.run.max_val_samples]
         rows = np.flatnonzero(np.isin(instances.image_ids, keep_ids))
-        instances = Instances(
-            [instances.image_paths[i] for i in rows],
-            instances.image_ids[rows],
-            instances.centers[rows],
-            instances.scales[rows],
-            instances.keypoints[rows],
-            instances.visible[rows],
-            instances.bbox_scores[rows],
-            instances.keypoint_set,
-            {**instances.meta, "image_ids": keep_ids},
-        )
+        instances = instances.take(rows, {**instances.meta, "image_ids": keep_ids})
     return TopDownDataset(instances, codec_config(cfg), train=False)
 
 

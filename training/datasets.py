@@ -42,6 +42,20 @@ class Instances:
     def __len__(self) -> int:
         return len(self.image_paths)
 
+    def take(self, rows: np.ndarray, meta: dict | None = None) -> Instances:
+        """The given rows (repeats allowed), as a new table."""
+        return Instances(
+            [self.image_paths[i] for i in rows],
+            self.image_ids[rows],
+            self.centers[rows],
+            self.scales[rows],
+            self.keypoints[rows],
+            self.visible[rows],
+            self.bbox_scores[rows],
+            self.keypoint_set,
+            self.meta if meta is None else meta,
+        )
+
 
 def require(path: Path, what: str) -> Path:
     if not path.exists():
@@ -222,17 +236,4 @@ def concat_instances(parts: list[Instances]) -> Instances:
 
 def repeat_instances(instances: Instances, times: int) -> Instances:
     """Every row ``times`` times: oversamples a small set inside a mix."""
-    if times == 1:
-        return instances
-    rows = np.tile(np.arange(len(instances)), times)
-    return Instances(
-        [instances.image_paths[i] for i in rows],
-        instances.image_ids[rows],
-        instances.centers[rows],
-        instances.scales[rows],
-        instances.keypoints[rows],
-        instances.visible[rows],
-        instances.bbox_scores[rows],
-        instances.keypoint_set,
-        instances.meta,
-    )
+    return instances if times == 1 else instances.take(np.tile(np.arange(len(instances)), times))

@@ -129,14 +129,20 @@ class MultiPose:
         return people
 
 
-class Thunder:
-    """MoveNet SinglePose Thunder on a square crop around one person's box."""
+class CropTeacher:
+    """A single-person teacher that sees a CROP_SIZE square around one person's box."""
 
-    name = "thunder"
+    name = ""
 
     def __init__(self, path: Path, threads: int = 0):
         self.session = _session(path, threads)
         self.input = self.session.get_inputs()[0].name
+
+
+class Thunder(CropTeacher):
+    """MoveNet SinglePose Thunder on a square crop around one person's box."""
+
+    name = "thunder"
 
     def __call__(self, rgb: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         matrix = square_crop_matrix(bbox)
@@ -146,15 +152,11 @@ class Thunder:
         return _crop_to_image(points, matrix), out[:, 2].astype(np.float64)
 
 
-class BlazePose:
+class BlazePose(CropTeacher):
     """BlazePose GHUM heavy on the same crop; visibility (a logit) times the pose presence score
     becomes the keypoint score, so a crop that holds no person for this teacher scores low."""
 
     name = "blazepose"
-
-    def __init__(self, path: Path, threads: int = 0):
-        self.session = _session(path, threads)
-        self.input = self.session.get_inputs()[0].name
 
     def __call__(self, rgb: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         matrix = square_crop_matrix(bbox)
