@@ -212,3 +212,23 @@ def test_time_limit_stops_with_a_checkpoint(tmp_path, coco_root, capsys):
     state = torch.load(tmp_path / "t" / "last.pt", weights_only=False)
     assert state["step"] == 1  # the first step already ran past the limit
     assert "(run.time_limit_s)" in capsys.readouterr().err
+
+
+def test_init_from_a_checkpoint_or_a_bundle_starts_from_its_weights(tmp_path, coco_root, capsys):
+    extra = {"optim": {"epochs": 3}, "eval": {"interval": 100}}
+    first = write_config(tmp_path / "a.yaml", "coco", coco_root, tmp_path / "a", extra)
+    assert train_main([str(first), "run.max_steps=2"]) == 0
+    assert export_main([str(tmp_path / "a" / "last.pt"), str(tmp_path / "w"), "--name", "a", "--no-onnx"]) == 0
+    trained = _weights(tmp_path / "a" / "last.pt")
+
+    second = write_config(tmp_path / "b.yaml", "coco", coco_root, tmp_path / "b", extra)
+    from_ckpt = Trainer(load_config(second, [f"model.init_from={tmp_path / 'a' / 'last.pt'}"]))
+    assert from_ckpt.step == 0  # weights only: optimiser and schedule start afresh
+    assert all(torch.equal(v, trained[k]) for k, v in from_ckpt.model.state_dict().items())
+    from_bundle = Trainer(load_config(second, [f"model.init_from={tmp_path / 'w' / 'a.json'}"]))
+    for k, v in from_bundle.model.state_dict().items():  # the bundle is float16
+        assert torch.allclose(v.float(), trained[k].float(), rtol=1e-3, atol=1e-3), k
+
+    assert train_main([str(second), f"model.init_from={tmp_path / 'a' / 'last.pt'}", "model.name=hevitpose-s"]) == 2
+    assert "holds hevitpose-t weights, the recipe builds hevitpose-s" in capsys.readouterr().err
+    assert train_main([str(second), f"model.init_from={tmp_path / 'nowhere.pt'}"]) == 2

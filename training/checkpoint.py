@@ -57,3 +57,35 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise FileNotFoundError(f"checkpoint {path} not found")
     # Our own files: they hold numpy RNG states and the recipe, which weights_only refuses.
     return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, model_name: str) -> None:
+    """Load the network weights of a bundle or a training checkpoint into ``model`` (``model.init_from``).
+
+    A file made for another architecture or keypoint count is refused with one line that says so,
+    not a wall of state-dict key errors.
+    """
+    from safetensors.torch import load_file
+
+    from model.bundle import bundle_paths, load_meta
+
+    path = Path(path)
+    if path.suffix == ".pt":
+        state = load(path)
+        made_for, weights = state["config"]["model"]["name"], state["model"]
+    else:
+        weights_path, _ = bundle_paths(path)
+        made_for = load_meta(path).model
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"bundle weights {weights_path} not found")
+        weights = load_file(str(weights_path))
+    if made_for != model_name:
+        raise ValueError(f"model.init_from: {path} holds {made_for} weights, the recipe builds {model_name}")
+    own = model.state_dict()
+    wrong = [k for k, v in own.items() if k not in weights or weights[k].shape != v.shape]
+    if wrong:
+        raise ValueError(
+            f"model.init_from: {path} does not fit this network ({len(wrong)} tensors missing or of another "
+            f"shape, e.g. {wrong[-1]}: a different keypoint count?)"
+        )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})

@@ -47,7 +47,7 @@ def train_main(argv: list[str]) -> int:
                 "or start a new one with another run.out_dir",
             )
         trainer = Trainer(cfg, resume=args.resume)
-    except (ValueError, DatasetError) as exc:  # ConfigError is a ValueError
+    except (ValueError, DatasetError, FileNotFoundError) as exc:  # ConfigError is a ValueError
         return _fail("train", str(exc))
     try:
         result = trainer.fit()

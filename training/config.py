@@ -24,6 +24,9 @@ class ModelConfig:
     name: str = "hevitpose-b"
     input_size: tuple[int, int] = (256, 256)  # (width, height), multiples of 32
     sigma: float = 2.0  # heatmap target Gaussian, heatmap pixels
+    # Fine-tuning: start from these network weights (a bundle's .json/.safetensors or a training
+    # checkpoint .pt) instead of a random initialisation; optimiser and schedule start afresh.
+    init_from: str = ""
 
 
 @dataclass

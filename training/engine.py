@@ -148,6 +148,9 @@ class Trainer:
         self.metric = PRIMARY_METRIC[cfg.data.dataset]
 
         self.model = build_model(cfg.model.name, self.keypoint_set.num_keypoints).to(self.device)
+        if cfg.model.init_from and not resume:
+            ckpt.load_weights(self.model, cfg.model.init_from, cfg.model.name)
+            self.print(f"network weights from {cfg.model.init_from}")
         if cfg.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
