@@ -34,7 +34,7 @@ from service.settings import DetectorMode, Settings
 access_log = logging.getLogger("service.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-VIDEO_PATHS = ("/v1/predict/video",)  # their body limit is HEVITPOSE_VIDEO_MAX_BYTES
+VIDEO_PATHS = ("/v1/predict/video", "/v1/render/video")  # their body limit is HEVITPOSE_VIDEO_MAX_BYTES
 
 
 class BodyTooLarge(StarletteHTTPException):

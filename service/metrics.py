@@ -15,8 +15,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PERSON_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100)
 
 STAGES = ("decode", "detect", "crop", "pose", "postprocess")
-ENDPOINTS = ("/v1/predict", "/v1/predict/batch", "/v1/render", "/v1/predict/video", "/v1/stream", "/v1/models",
-             "/healthz", "/readyz", "/metrics")
+ENDPOINTS = ("/v1/predict", "/v1/predict/batch", "/v1/render", "/v1/predict/video", "/v1/render/video",
+             "/v1/stream", "/v1/models", "/healthz", "/readyz", "/metrics")
 SOURCES = ("video", "stream")  # where frames come from: an uploaded video or a WebSocket stream
 
 

@@ -5,12 +5,14 @@ smoothers and the previous frame's persons. :class:`VideoSource` reads an upload
 to a temporary file: OpenCV's FFmpeg reads from a path) one frame at a time, refusing what breaks
 a limit before the work starts. :func:`video_frames` drives a source through a session and the
 shared pose worker, a few frames in flight at once, and yields one frame's answer at a time.
+:class:`Mp4Writer` writes the drawn frames of ``/v1/render/video`` to a temporary MP4 file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import math
 import os
 import tempfile
@@ -29,6 +31,10 @@ from service.smoothing import TrackSmoother
 from service.tracking import Tracker, TrackerConfig, keypoint_box
 
 COPY_CHUNK = 1 << 20
+# H.264 where this OpenCV's FFmpeg has an encoder for it (builds with libx264 or openh264), else
+# MPEG-4 Part 2, which every FFmpeg build encodes (pip's opencv-python wheels have no H.264 encoder).
+MP4_CODECS = ("avc1", "mp4v")
+DEFAULT_FPS = 25.0  # of a rendered video whose source declares no frame rate
 
 
 @dataclass(frozen=True)
@@ -263,8 +269,9 @@ class VideoSource:
             self.path.unlink(missing_ok=True)
 
 
-async def video_frames(service: PoseService, source: VideoSource, session: PoseSession):
-    """Answers for the frames of ``source``, in order: ``{"index", "time_s", "persons"}``.
+async def video_frames(service: PoseService, source: VideoSource, session: PoseSession, with_images: bool = False):
+    """Answers for the frames of ``source``, in order: ``{"index", "time_s", "persons"}``, and with
+    ``with_images`` the frame itself under ``"image"`` (RGB, for drawing on).
 
     Frames whose boxes come from the detector are pipelined (up to ``HEVITPOSE_VIDEO_PIPELINE_DEPTH``
     in flight, so they ride in the pose worker's batches together); a frame whose boxes come from
@@ -282,7 +289,10 @@ async def video_frames(service: PoseService, source: VideoSource, session: PoseS
         persons = session.finish(pred, plan, t)
         metrics.frames.labels("video").inc()
         metrics.frame_duration.labels("video").observe(time.perf_counter() - t0)
-        return {"index": index, "time_s": round(t, 4), "persons": persons}
+        answer = {"index": index, "time_s": round(t, 4), "persons": persons}
+        if with_images:
+            answer["image"] = pred.image
+        return answer
 
     try:
         while True:
@@ -314,3 +324,84 @@ async def video_frames(service: PoseService, source: VideoSource, session: PoseS
 def _retrieve(task: asyncio.Future) -> None:
     if not task.cancelled():
         task.exception()
+
+
+# ---------------------------------------------------------------------------- writing videos
+
+
+@functools.cache
+def mp4_codec() -> str:
+    """The first of :data:`MP4_CODECS` that OpenCV's FFmpeg writer encodes. Probed once per process:
+    a codec that fails logs FFmpeg's errors on every try."""
+    for codec in MP4_CODECS:
+        fd, name = tempfile.mkstemp(prefix="hevitpose-probe-", suffix=".mp4")
+        os.close(fd)
+        try:
+            writer = cv2.VideoWriter(name, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*codec), DEFAULT_FPS, (64, 64))
+            opened = writer.isOpened()
+            if opened:
+                writer.write(np.zeros((64, 64, 3), np.uint8))
+            writer.release()
+            if opened and os.path.getsize(name) > 0:
+                return codec
+        finally:
+            os.unlink(name)
+    return MP4_CODECS[-1]
+
+
+class Mp4Writer:
+    """An MP4 written frame by frame to a temporary file (``hevitpose-render-*.mp4``), so a long
+    video is never held in memory.
+
+    4:2:0 video needs even sizes, so an odd width or height loses its last column or row (done here,
+    not by the encoder's own silent rounding, so the size is known before the first frame). A frame
+    of another size than the first (a stream that changes resolution) is scaled to it. Writes,
+    :meth:`finish` and :meth:`discard` take a lock: a discard from a request that was cancelled
+    waits for a write still running in the thread pool instead of releasing the encoder under it.
+    """
+
+    def __init__(self, fps: float, width: int, height: int) -> None:
+        self.fps = fps
+        self.width, self.height = max(2, width - width % 2), max(2, height - height % 2)
+        self.frames = 0
+        self.lock = threading.Lock()
+        self.closed = False
+        fd, name = tempfile.mkstemp(prefix="hevitpose-render-", suffix=".mp4")
+        os.close(fd)
+        self.path = Path(name)
+        self.codec = mp4_codec()
+        self.writer = self._open(self.codec)
+        if not self.writer.isOpened() and self.codec != MP4_CODECS[-1]:  # e.g. a size the H.264 encoder refuses
+            self.codec = MP4_CODECS[-1]
+            self.writer = self._open(self.codec)
+        if not self.writer.isOpened():
+            self.path.unlink(missing_ok=True)
+            raise RuntimeError(f"OpenCV's FFmpeg cannot write a {self.width}x{self.height} {self.codec} MP4")
+
+    def _open(self, codec: str) -> cv2.VideoWriter:
+        size = (self.width, self.height)
+        return cv2.VideoWriter(str(self.path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*codec), self.fps, size)
+
+    def write(self, rgb: np.ndarray) -> None:
+        frame = rgb[: self.height, : self.width]
+        if frame.shape[:2] != (self.height, self.width):
+            frame = cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+        with self.lock:
+            if self.closed:
+                return
+            self.writer.write(bgr)
+            self.frames += 1
+
+    def finish(self) -> Path:
+        """Close the file (an MP4's index is written last) and hand it over; the caller deletes it."""
+        with self.lock:
+            self.closed = True
+            self.writer.release()
+        return self.path
+
+    def discard(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.writer.release()
+            self.path.unlink(missing_ok=True)

@@ -1,10 +1,12 @@
-"""Routes for videos and live streams: ``POST /v1/predict/video`` (JSON or NDJSON), ``WS /v1/stream``."""
+"""Routes for videos and live streams: ``POST /v1/predict/video`` (JSON or NDJSON),
+``POST /v1/render/video`` (an MP4 with the poses drawn), ``WS /v1/stream``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -12,18 +14,43 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic import Field as PydanticField
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from service import errors, imaging
+from service import errors, imaging, render
 from service.engine import PoseService
 from service.schemas import PROBLEM_RESPONSES, make_options
-from service.video import PoseSession, SessionOptions, VideoSource, spool_upload, video_frames
+from service.video import (
+    DEFAULT_FPS,
+    Mp4Writer,
+    PoseSession,
+    SessionOptions,
+    VideoSource,
+    spool_upload,
+    video_frames,
+)
 
 router = APIRouter()
 
 NDJSON = "application/x-ndjson"
+CLIENT_CLOSED = 499  # nginx's status for "the client left before the answer": logged and counted, never seen
 
 VideoDetector = Literal["nanodet", "whole_image"]
+
+# Form fields shared by /v1/predict/video and /v1/render/video.
+VideoField = Annotated[
+    UploadFile, File(description="a video OpenCV's FFmpeg reads: MP4/H.264, AVI/MJPEG, WebM, ...")
+]
+EveryNField = Annotated[int, Form(ge=1, le=10_000, description="process every N-th frame")]
+MaxFramesField = Annotated[int | None, Form(ge=1, description="process at most this many frames")]
+DetectEveryField = Annotated[
+    int, Form(ge=1, le=10_000, description="run the detector on every N-th processed frame, track in between")
+]
+SmoothField = Annotated[bool, Form(description="One Euro smoothing of each track's keypoints")]
+VideoDetectorField = Annotated[VideoDetector | None, Form(description="nanodet (default) or whole_image")]
+FlipField = Annotated[bool | None, Form(description="average with the mirrored crops")]
+MinScoreField = Annotated[float, Form(ge=0, le=1, description="drop persons whose score is lower")]
+MaxPersonsField = Annotated[int | None, Form(ge=1, description="at most this many persons per frame")]
 
 
 def _service(request: Request) -> PoseService:
@@ -51,17 +78,15 @@ async def open_video(service: PoseService, video: UploadFile, every_n_frames: in
 )
 async def predict_video(
     request: Request,
-    video: Annotated[UploadFile, File(description="a video OpenCV's FFmpeg reads: MP4/H.264, AVI/MJPEG, WebM, ...")],
-    every_n_frames: Annotated[int, Form(ge=1, le=10_000, description="process every N-th frame")] = 1,
-    max_frames: Annotated[int | None, Form(ge=1, description="process at most this many frames")] = None,
-    detect_every: Annotated[
-        int, Form(ge=1, le=10_000, description="run the detector on every N-th processed frame, track in between")
-    ] = 1,
-    smooth: Annotated[bool, Form(description="One Euro smoothing of each track's keypoints")] = False,
-    detector: Annotated[VideoDetector | None, Form(description="nanodet (default) or whole_image")] = None,
-    flip_test: Annotated[bool | None, Form(description="average with the mirrored crops")] = None,
-    min_score: Annotated[float, Form(ge=0, le=1, description="drop persons whose score is lower")] = 0.0,
-    max_persons: Annotated[int | None, Form(ge=1, description="at most this many persons per frame")] = None,
+    video: VideoField,
+    every_n_frames: EveryNField = 1,
+    max_frames: MaxFramesField = None,
+    detect_every: DetectEveryField = 1,
+    smooth: SmoothField = False,
+    detector: VideoDetectorField = None,
+    flip_test: FlipField = None,
+    min_score: MinScoreField = 0.0,
+    max_persons: MaxPersonsField = None,
 ) -> Response:
     service = _service(request)
     options = session_options(service, detector, flip_test, min_score, max_persons, detect_every, smooth)
@@ -98,6 +123,84 @@ async def _ndjson(frames, request: Request):
         yield json.dumps({"error": body}) + "\n"
     finally:
         await frames.aclose()
+
+
+# ---------------------------------------------------------------------------- POST /v1/render/video
+
+
+class TempFileResponse(FileResponse):
+    """A file response that deletes its file once sent, or once sending failed. Not a background
+    task alone: servers of ASGI 2.4 raise on a send to a client that left, which skips it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            Path(self.path).unlink(missing_ok=True)
+
+
+@router.post(
+    "/v1/render/video",
+    summary="The video with skeletons, boxes and track ids drawn (MP4: H.264, or MPEG-4 Part 2 where "
+            "the server has no H.264 encoder; X-Video-Codec says which)",
+    responses={**PROBLEM_RESPONSES, 200: {"content": {"video/mp4": {}}}},
+)  # fmt: skip
+async def render_video(
+    request: Request,
+    video: VideoField,
+    every_n_frames: EveryNField = 1,
+    max_frames: MaxFramesField = None,
+    detect_every: DetectEveryField = 1,
+    smooth: SmoothField = False,
+    detector: VideoDetectorField = None,
+    flip_test: FlipField = None,
+    min_score: MinScoreField = 0.0,
+    max_persons: MaxPersonsField = None,
+) -> Response:
+    service = _service(request)
+    options = session_options(service, detector, flip_test, min_score, max_persons, detect_every, smooth)
+    service.check_ready()
+    source = await open_video(service, video, every_n_frames, max_frames)
+    # The processed frames only, at the rate that keeps the video's duration.
+    fps = (source.fps or DEFAULT_FPS) / every_n_frames
+    try:
+        writer = await service.run_in_pool(Mp4Writer, fps, source.width, source.height)
+    except BaseException:
+        service.executor.submit(source.close)
+        raise
+    frames = video_frames(service, source, PoseSession(service, options, "video"), with_images=True)
+    try:
+        left = await _render_frames(request, service, frames, writer)
+        path = await service.run_in_pool(writer.finish)
+    except BaseException:
+        service.executor.submit(writer.discard)  # after a write still running in the pool (the lock)
+        raise
+    finally:
+        await frames.aclose()
+    if left:
+        Path(path).unlink(missing_ok=True)
+        return Response(status_code=CLIENT_CLOSED)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(video.filename or "video").stem)[:64] or "video"
+    return TempFileResponse(path, media_type="video/mp4", filename=f"{stem}-poses.mp4", headers={
+        "X-Video-Codec": writer.codec, "X-Video-FPS": str(round(fps, 4)), "X-Video-Width": str(writer.width),
+        "X-Video-Height": str(writer.height), "X-Video-Frames": str(writer.frames)})  # fmt: skip
+
+
+async def _render_frames(request: Request, service: PoseService, frames, writer: Mp4Writer) -> bool:
+    """Draw each frame's persons and append it to ``writer``, in order, as the frames are ready.
+    True when the client left (checked after each frame), which stops the work."""
+    meta = service.model.meta
+    threshold = service.settings.render_keypoint_threshold
+
+    def draw_and_write(frame: dict) -> None:
+        writer.write(render.draw_persons(frame["image"], frame["persons"], meta.skeleton, meta.keypoint_names,
+                                         threshold))  # fmt: skip
+
+    async for frame in frames:
+        await service.run_in_pool(draw_and_write, frame)
+        if await request.is_disconnected():
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------- WS /v1/stream
