@@ -77,7 +77,7 @@ class PoseService:
             self.detector = NanoDetPersonDetector(
                 DetectorConfig(
                     s.detector_path, s.detector_score_threshold, s.detector_nms_iou,
-                    use_cuda=self.model.device.type == "cuda", threads=s.detector_threads,
+                    device=str(self.model.device), backend=s.detector_backend, threads=s.detector_threads,
                     letterbox=s.detector_letterbox, tiles=s.detector_tiles, tile_min_side=s.detector_tile_min_side,
                     tile_max_found=s.detector_tile_max_found, tile_grid=s.detector_tile_grid,
                     tile_overlap=s.detector_tile_overlap, tile_max_height=s.detector_tile_max_height,

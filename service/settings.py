@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     detector_path: Path = DEFAULT_DETECTOR
     detector_score_threshold: float = Field(0.2, ge=0, le=1)  # measured: docs/service.md "Person detection"
     detector_nms_iou: float = Field(0.4, gt=0, le=1)
-    detector_threads: int = Field(0, ge=0)
+    detector_threads: int = Field(0, ge=0)  # onnxruntime's intra-op threads
+    # torch: NanoDet in PyTorch on the pose model's device (float16 on CUDA); auto: torch on CUDA, else onnxruntime
+    detector_backend: Literal["auto", "onnxruntime", "torch"] = "auto"
     detector_letterbox: bool = True  # keep the aspect ratio and pad; false: stretch to 416x416
     detector_tiles: bool = False  # second pass on overlapping tiles of large images
     detector_tile_min_side: int = Field(640, ge=1)  # ... whose longer side is at least this
