@@ -13,6 +13,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class PoseService:
         try:
             t0 = time.perf_counter()
             runtime = RuntimeConfig(device=s.device, backend=s.backend, dtype=s.dtype, threads=s.threads)
-            self.model = PoseModel(s.weights, runtime, s.bbox_padding)
+            self.model = PoseModel(s.weights, runtime, s.bbox_padding, Path(s.runtime_cache) if s.runtime_cache else None)
             self.detector = NanoDetPersonDetector(
                 DetectorConfig(
                     s.detector_path, s.detector_score_threshold, s.detector_nms_iou,
@@ -97,6 +98,8 @@ class PoseService:
             log.info(
                 "model ready",
                 extra={"model": m.name, "device": str(m.device), "backend": m.backend, "dtype": m.dtype,
+                       "threads": m.runtime_choice.threads, "backend_chosen": m.runtime_choice.how,
+                       "backend_choice_s": round(m.runtime_choice.seconds, 2),
                        "detector_providers": self.detector.providers, "load_s": round(time.perf_counter() - t0, 2)},
             )  # fmt: skip
         except Exception as exc:
@@ -329,7 +332,7 @@ class PoseService:
             "name": m.name, "version": m.version, "params": m.num_params, "input_size": list(m.input_size),
             "keypoint_names": list(m.meta.keypoint_names), "skeleton": [list(p) for p in m.meta.skeleton],
             "weights_sha256": m.weights_sha256, "device": str(m.device), "backend": m.backend, "dtype": m.dtype,
-            "description": m.meta.description, "metrics": m.meta.metrics,
+            "runtime": m.runtime_choice.as_json(), "description": m.meta.description, "metrics": m.meta.metrics,
         }  # fmt: skip
 
 

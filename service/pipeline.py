@@ -32,6 +32,7 @@ from model.codec import (
     warp_crops_torch,
 )
 from model.runtime import RuntimeConfig, create_runner
+from service.runtime_choice import RuntimeChoice, select_runner
 
 log = logging.getLogger("service.pipeline")
 
@@ -68,7 +69,9 @@ class PoseJob:
 class PoseModel:
     """A loaded bundle wrapped in the fastest runner for the device."""
 
-    def __init__(self, weights: str | Path, runtime: RuntimeConfig, bbox_padding: float = 1.25) -> None:
+    def __init__(
+        self, weights: str | Path, runtime: RuntimeConfig, bbox_padding: float = 1.25, runtime_cache: Path | None = None
+    ) -> None:
         weights_path, _ = bundle_paths(weights)
         model, meta = load_bundle(weights)
         self.meta: BundleMeta = meta
@@ -81,14 +84,18 @@ class PoseModel:
         self.flip_index = meta.flip_index
         self._onnx_dir = tempfile.TemporaryDirectory(prefix="hevitpose-serve-")
         try:
-            self.runner = create_runner(model, self.input_size, runtime, onnx_dir=self._onnx_dir.name)
+            self.runner, self.runtime_choice = select_runner(
+                model, self.input_size, runtime, self.weights_sha256, self.stride, meta.mean, meta.std,
+                self._onnx_dir.name, runtime_cache,
+            )  # fmt: skip
         except Exception as exc:
             if runtime.backend != "auto":
                 raise
-            # "auto" on a CPU exports to ONNX, which needs the onnx package; an install without it
-            # still serves, through eager torch, rather than never becoming ready.
+            # An install without onnx (the exporter) or with a broken backend still serves, through
+            # eager torch, rather than never becoming ready.
             log.warning("fastest backend unavailable (%s: %s); using torch", type(exc).__name__, exc)
             self.runner = create_runner(model, self.input_size, replace(runtime, backend="torch"))
+            self.runtime_choice = RuntimeChoice("torch", str(self.runner.dtype).removeprefix("torch."), runtime.threads, "fallback")
         self.device: torch.device = self.runner.device
         self.backend: str = self.runner.backend
         self.dtype = str(self.runner.dtype).removeprefix("torch.")

@@ -75,6 +75,10 @@ class ModelInfo(BaseModel):
     device: str
     backend: str
     dtype: str
+    runtime: dict = Field(
+        description="how the backend was chosen: 'how' (measured, cached, forced, default, fallback), threads, "
+        "and per candidate its agreement with float32 (mean OKS) and crops/s at batch 1 and 8"
+    )
     description: str
     metrics: dict
 

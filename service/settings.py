@@ -24,9 +24,13 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     weights: Path = DEFAULT_WEIGHTS
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    # auto: on a CPU, the fastest backend that agrees with float32, measured at start-up
+    # (service/runtime_choice.py); on CUDA, torch. Any other value forces that backend.
+    backend: Literal["auto", "torch", "onnxruntime", "onnxruntime-int8", "openvino"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    threads: int = Field(0, ge=0)  # CPU threads of the pose backend; 0 = library default
+    threads: int = Field(0, ge=0)  # CPU threads of the pose backend; 0 = measured (auto) or library default
+    # where backend=auto keeps what it measured, keyed by bundle, CPU and library versions; "" = nowhere
+    runtime_cache: str = str(Path.home() / ".cache" / "hevitpose" / "runtime.json")
 
     max_batch_size: int = Field(32, ge=1, le=1024)  # crops per model call
     max_wait_ms: float = Field(5.0, ge=0)  # how long the first crop waits for company

@@ -78,7 +78,7 @@ def test_runners_agree(tmp_path):
 
 
 def test_half_precision_on_cpu_is_refused():
-    with pytest.raises(ValueError, match="CUDA"):
+    with pytest.raises(ValueError, match="CUDA only"):
         create_runner(lively_model(), (96, 128), RuntimeConfig(device="cpu", backend="torch", dtype="float16"))
 
 

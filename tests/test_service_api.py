@@ -94,7 +94,10 @@ def test_health_ready_models(client, bundle):
     assert info["skeleton"] == [list(p) for p in COCO17.skeleton]
     assert info["input_size"] == list(INPUT_SIZE)
     assert info["weights_sha256"] == sha256(bundle.with_suffix(".safetensors"))
-    assert info["device"] == "cpu" and info["backend"] in ("onnxruntime", "torch")
+    assert info["device"] == "cpu" and info["backend"] in ("onnxruntime", "openvino", "torch")
+    runtime = info["runtime"]  # backend=auto on a CPU: measured at start-up (or taken from that cache)
+    assert runtime["how"] in ("measured", "cached") and (runtime["backend"], runtime["dtype"]) == (info["backend"], info["dtype"])
+    assert any(t["passed"] and (t["backend"], t["dtype"]) == (info["backend"], info["dtype"]) for t in runtime["trials"])
     assert info["params"] > 1_000_000
 
 
