@@ -132,7 +132,25 @@ def scrape(url: str) -> dict[str, float]:
 # ---------------------------------------------------------------------------- bare model
 
 
-def bare_crops_per_s(weights: Path, device: str, batch: int, seconds: float) -> tuple[float, str]:
+def _median_rate(run, batch: int, seconds: float, sync=lambda: None) -> float:
+    """Median crops/s of ~1 s slices: a neighbour's burst on a shared machine hits one slice, not the result."""
+    for _ in range(3):
+        run()
+    sync()
+    rates = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(rates) < 3:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            run()
+            n += 1
+        sync()
+        rates.append(n * batch / (time.perf_counter() - t0))
+    return float(np.median(rates))
+
+
+def bare_crops_per_s(weights: Path, device: str, batch: int, seconds: float, runtime: dict) -> tuple[float, str]:
+    """The bundle alone, through the backend, dtype and threads the server chose (``/v1/models``)."""
     import torch
 
     from model.bundle import load_bundle
@@ -140,24 +158,25 @@ def bare_crops_per_s(weights: Path, device: str, batch: int, seconds: float) -> 
 
     model, meta = load_bundle(weights)
     w, h = meta.input_size
+    cfg = RuntimeConfig(device=device, backend=runtime["backend"], dtype=runtime["dtype"], threads=runtime["threads"])
     with tempfile.TemporaryDirectory() as tmp:
-        runner = create_runner(model, (w, h), RuntimeConfig(device=device), onnx_dir=tmp)
+        runner = create_runner(model, (w, h), cfg, onnx_dir=tmp)
         x = torch.randn(batch, 3, h, w)
-        for _ in range(3):
-            runner(x)
         sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
-        sync()
-        # Median of ~1 s slices: a neighbour's burst on a shared machine hits one slice, not the result.
-        rates = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end or len(rates) < 3:
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < 1.0:
-                runner(x)
-                n += 1
-            sync()
-            rates.append(n * batch / (time.perf_counter() - t0))
-        return float(np.median(rates)), runner.backend
+        label = f"{runner.backend} {str(runner.dtype).removeprefix('torch.')}"
+        return _median_rate(lambda: runner(x), batch, seconds, sync), label
+
+
+def thunder_crops_per_s(path: Path, threads: int, seconds: float) -> float:
+    """Bare MoveNet Thunder (ONNX Runtime, one 256x256 crop per call): the CPU yardstick of issue 13."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    crop = np.zeros((1, 256, 256, 3), np.int32)
+    return _median_rate(lambda: session.run(None, {"input:0": crop}), 1, seconds)
 
 
 # ---------------------------------------------------------------------------- report
@@ -190,6 +209,8 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--bare-seconds", type=float, default=10.0)
+    p.add_argument("--thunder", type=Path, default=ROOT.parent / "shared" / "models" / "movenet-thunder.onnx",
+                   help="MoveNet Thunder ONNX, timed bare after the server stops (skipped if absent)")
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
@@ -252,9 +273,11 @@ def main() -> None:
     busy = pose_s / args.duration
 
     bare_batches = sorted({args.max_batch_size, max(1, round(mean_batch))})
-    bare = {b: bare_crops_per_s(weights, args.device, b, args.bare_seconds) for b in bare_batches}
+    runtime = info["runtime"]
+    bare = {b: bare_crops_per_s(weights, args.device, b, args.bare_seconds, runtime) for b in bare_batches}
     ref_batch = max(1, round(mean_batch))
     ref = bare[ref_batch][0]
+    thunder = thunder_crops_per_s(args.thunder, runtime["threads"], args.bare_seconds) if args.thunder.is_file() else None
 
     rows = [
         "| measure | value |",
@@ -275,6 +298,11 @@ def main() -> None:
         f"| **pose stage / bare model at batch {ref_batch}** | **{stage_crops_per_s / ref:.2f}** |",
         f"| **end to end / bare model at batch {ref_batch}** | **{e2e_crops_per_s / ref:.2f}** |",
     ]
+    if thunder is not None:
+        rows += [
+            f"| bare MoveNet Thunder (onnxruntime, 256x256, one crop per call): crops/s | {thunder:.1f} |",
+            f"| **service end to end / bare MoveNet Thunder** | **{e2e_crops_per_s / thunder:.2f}** |",
+        ]
     table = "\n".join(rows)
     load_after = os.getloadavg()[0]
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -283,7 +311,8 @@ def main() -> None:
         f"## Service under load\n\n"
         f"`bench/service_load.py`, {now}, {machine()}. Model {info['name']} "
         f"({'random weights' if random_weights else 'weights ' + str(args.weights)}), crops "
-        f"{info['input_size'][0]}x{info['input_size'][1]}, device {info['device']}, backend {info['backend']}. "
+        f"{info['input_size'][0]}x{info['input_size'][1]}, device {info['device']}, backend {info['backend']} {info['dtype']} "
+        f"({info['runtime']['how']}, {info['runtime']['threads']} threads). "
         f"{args.concurrency} concurrent clients on loopback (one client process, the same machine), "
         f"{args.boxes} client boxes per {args.image_size[0]}x{args.image_size[1]} JPEG, "
         f"{args.duration:g} s measured after {args.warmup:g} s of warm-up; max batch {args.max_batch_size}, "

@@ -139,8 +139,8 @@ class OpenVinoRunner:
 def quantize_int8(onnx_path: str | Path, calibration: torch.Tensor, out_path: str | Path) -> Path:
     """Static int8 quantisation (QDQ, per-channel weights) calibrated on ``calibration`` crops.
 
-    The crops should look like what the service will see (people, not noise): activation ranges
-    are taken from them, and an outlier-free but unrealistic set clips real activations.
+    Activation ranges are taken from these crops, so they should look like what the service will
+    see: people, not noise.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

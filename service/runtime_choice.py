@@ -144,8 +144,8 @@ def cpu_candidates(threads: int, dtype: str) -> list[RuntimeConfig]:
     bf16 = cpu_has_bf16() and dtype in ("auto", "bfloat16")
     fp32 = dtype in ("auto", "float32")
     out = []
-    # onnxruntime-int8 is not a candidate: its calibration alone takes longer than the rest of the
-    # measurement, and on the default bundle it loses more than the threshold allows (BENCHMARKS.md).
+    # onnxruntime-int8 is not a candidate: its calibration alone takes longer than all the rest of
+    # the measurement, and where bf16 is in hardware it is not the fastest anyway (BENCHMARKS.md).
     if onnxruntime_available() and fp32:
         out += [RuntimeConfig(device="cpu", backend="onnxruntime", threads=threads)]
     if openvino_available():
