@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import errors, imaging, render, video_routes
+from service import coco_format, errors, imaging, render, video_routes
 from service.engine import PoseService
 from service.logs import request_id_var
 from service.metrics import ENDPOINTS
@@ -208,8 +208,17 @@ def create_app(settings: Settings | None = None, service: PoseService | None = N
         flip_test: FlipField = None,
         min_score: MinScoreField = 0.0,
         max_persons: MaxPersonsField = None,
+        format: Annotated[
+            Literal["json", "coco"], Form(description="json (default), or coco: a list of COCO keypoint results")
+        ] = "json",
+        image_id: Annotated[int, Form(ge=0, description="the image_id of the entries with format=coco")] = 0,
     ) -> Response:
+        if format == "coco":  # refused before any work; the keypoint names are known once the model is loaded
+            service.check_ready()
+            coco_format.check_keypoints(service.model.meta.keypoint_names)
         prediction = await predict_one(image, boxes, detector, flip_test, min_score, max_persons)
+        if format == "coco":
+            return JSONResponse(coco_format.entries(service.persons_json(prediction), image_id))
         return JSONResponse(service.to_json(prediction))
 
     @app.post("/v1/predict/batch", response_model=BatchResponse, summary="Several images, one result each, in order",

@@ -17,7 +17,7 @@ from pydantic import Field as PydanticField
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from service import errors, imaging, render
+from service import coco_format, errors, imaging, render
 from service.engine import PoseService
 from service.schemas import PROBLEM_RESPONSES, make_options
 from service.video import (
@@ -51,6 +51,8 @@ VideoDetectorField = Annotated[VideoDetector | None, Form(description="nanodet (
 FlipField = Annotated[bool | None, Form(description="average with the mirrored crops")]
 MinScoreField = Annotated[float, Form(ge=0, le=1, description="drop persons whose score is lower")]
 MaxPersonsField = Annotated[int | None, Form(ge=1, description="at most this many persons per frame")]
+FormatField = Annotated[Literal["json", "coco"], Form(
+    description="json (default), or coco: COCO keypoint results, image_id = the frame's index")]  # fmt: skip
 
 
 def _service(request: Request) -> PoseService:
@@ -87,35 +89,45 @@ async def predict_video(
     flip_test: FlipField = None,
     min_score: MinScoreField = 0.0,
     max_persons: MaxPersonsField = None,
+    format: FormatField = "json",
 ) -> Response:
     service = _service(request)
     options = session_options(service, detector, flip_test, min_score, max_persons, detect_every, smooth)
     service.check_ready()
+    coco = format == "coco"
+    if coco:
+        coco_format.check_keypoints(service.model.meta.keypoint_names)
     source = await open_video(service, video, every_n_frames, max_frames)
     session = PoseSession(service, options, "video")
     frames = video_frames(service, source, session)
     head = {"fps": round(source.fps, 4), "width": source.width, "height": source.height}
+    # On every answer: the COCO ones (a bare list) have nowhere else to say them.
+    headers = {"X-Video-FPS": str(head["fps"]), "X-Video-Width": str(source.width),
+               "X-Video-Height": str(source.height)}  # fmt: skip
     if NDJSON in request.headers.get("accept", ""):
-        return StreamingResponse(_ndjson(frames, request), media_type=NDJSON, headers={
-            "X-Video-FPS": str(head["fps"]), "X-Video-Width": str(source.width),
-            "X-Video-Height": str(source.height)})  # fmt: skip
+        return StreamingResponse(_ndjson(frames, request, coco), media_type=NDJSON, headers=headers)
     out = []
     try:
         async for frame in frames:
-            out.append(frame)
+            if coco:  # one list over the whole video, as a COCO results file is
+                out.extend(coco_format.entries(frame["persons"], frame["index"]))
+            else:
+                out.append(frame)
             if await request.is_disconnected():
                 break  # nobody to answer: stop decoding and free the frames in flight
     finally:
         await frames.aclose()
-    return JSONResponse({**head, "frames": out})
+    return JSONResponse(out if coco else {**head, "frames": out}, headers=headers)
 
 
-async def _ndjson(frames, request: Request):
-    """One JSON line per frame; a problem that happens after the answer started becomes a last
-    line ``{"error": {problem}}`` (the status is already 200)."""
+async def _ndjson(frames, request: Request, coco: bool = False):
+    """One JSON line per frame (with ``coco``, the list of that frame's entries, ``[]`` for a frame
+    without persons, so that every processed frame still shows); a problem that happens after the
+    answer started becomes a last line ``{"error": {problem}}`` (the status is already 200)."""
     try:
         async for frame in frames:
-            yield json.dumps(frame, separators=(",", ":")) + "\n"
+            line = coco_format.entries(frame["persons"], frame["index"]) if coco else frame
+            yield json.dumps(line, separators=(",", ":")) + "\n"
     except errors.Problem as exc:
         service = _service(request)
         service.count_rejection(exc)

@@ -1,0 +1,188 @@
+"""``format=coco`` on /v1/predict and /v1/predict/video, against a real uvicorn server.
+
+The COCO entries are checked the way evaluation uses them: loaded by pycocotools' ``COCO.loadRes``
+against a ground truth written here, and scored by ``COCOeval`` (a ground truth equal to the
+default format's persons must score AP 1, which fails if a keypoint is out of place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from model.keypoints import COCO17, MPII16
+from service import coco_format, errors
+from service.settings import Settings
+from _service_util import ServerThread, encode, make_bundle, noise_image
+from test_service_video import ColourDetector, write_video
+
+W, H = 160, 120
+BOXES = [[10.0, 8.0, 70.0, 110.0], [84.0, 5.0, 150.0, 100.0]]
+
+
+class SortedColourDetector(ColourDetector):
+    """ColourDetector without its shuffling, so that track ids are the same in every request."""
+
+    def __call__(self, image: np.ndarray, max_persons: int = 100):
+        boxes, scores = super().__call__(image, max_persons)
+        order = np.argsort(boxes[:, 0], kind="stable")
+        return boxes[order], scores[order]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    bundle = make_bundle(tmp_path_factory.mktemp("weights"))
+    # Batches of one crop and one frame in flight: every crop's numbers are the same in every
+    # request, so two formats of the same input can be compared exactly.
+    settings = Settings(
+        weights=bundle, device="cpu", backend="torch", threads=1, detector_threads=1, max_batch_size=1,
+        video_pipeline_depth=1, max_wait_ms=1, request_timeout_s=60, cpu_workers=2,
+    )  # fmt: skip
+    srv = ServerThread(settings).start()
+    srv.app.state.service.detector = SortedColourDetector()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=120, ) as c:
+        yield c
+
+
+def assert_problem(r: httpx.Response, status: int, reason: str) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["type"] == errors.TYPE_PREFIX + reason and body["status"] == status, body
+    return body
+
+
+# ---------------------------------------------------------------------------- format=coco
+
+
+def expected_entry(person: dict, image_id: int) -> dict:
+    """The test's own conversion of a default-format person (not the service's)."""
+    by_name = {k["name"]: k for k in person["keypoints"]}
+    flat = [v for name in COCO17.names for v in (by_name[name]["x"], by_name[name]["y"], by_name[name]["score"])]
+    x1, y1, x2, y2 = person["bbox"]
+    entry = {"image_id": image_id, "category_id": 1, "keypoints": flat, "score": person["score"],
+             "bbox": [x1, y1, x2 - x1, y2 - y1]}  # fmt: skip
+    if "track_id" in person:
+        entry["track_id"] = person["track_id"]
+    return entry
+
+
+def assert_entries_equal(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert set(g) == set(w)
+        assert g["bbox"] == pytest.approx(w["bbox"], abs=0.006)  # w, h rounded to 2 decimals
+        assert {k: v for k, v in g.items() if k != "bbox"} == {k: v for k, v in w.items() if k != "bbox"}
+
+
+def ground_truth(tmp_path, persons_by_image: dict[int, list[dict]]) -> COCO:
+    """A COCO keypoints file whose people are exactly ``persons_by_image`` (all joints visible)."""
+    images, annotations = [], []
+    for image_id, persons in persons_by_image.items():
+        images.append({"id": image_id, "width": W, "height": H, "file_name": f"{image_id}.jpg"})
+        for p in persons:
+            e = expected_entry(p, image_id)
+            kps = np.array(e["keypoints"]).reshape(17, 3)
+            kps[:, 2] = 2
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                "keypoints": kps.ravel().tolist(), "num_keypoints": 17, "bbox": e["bbox"],
+                "area": e["bbox"][2] * e["bbox"][3]})  # fmt: skip
+    categories = [{"id": 1, "name": "person", "supercategory": "person", "keypoints": list(COCO17.names),
+                   "skeleton": [[a + 1, b + 1] for a, b in COCO17.skeleton]}]  # fmt: skip
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        return COCO(str(path))
+
+
+def keypoint_ap(gt: COCO, entries: list[dict]) -> float:
+    with contextlib.redirect_stdout(io.StringIO()):
+        res = gt.loadRes(copy.deepcopy(entries))  # loadRes writes into the entries it is given
+        ev = COCOeval(gt, res, "keypoints")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert len(res.getAnnIds()) == len(entries)
+    return float(ev.stats[0])
+
+
+def post_image(client, **fields) -> httpx.Response:
+    data = encode(noise_image(W, H, seed=3), ".png")
+    form = {"boxes": json.dumps(BOXES), **{k: str(v) for k, v in fields.items()}}
+    return client.post("/v1/predict", files={"image": ("p.png", data, "image/png")}, data=form)
+
+
+def test_predict_coco_entries_are_the_default_persons_and_load_into_pycocotools(client, tmp_path):
+    default = post_image(client)
+    assert default.status_code == 200, default.text
+    persons = default.json()["persons"]
+    assert len(persons) == 2
+    r = post_image(client, format="coco", image_id=42)
+    assert r.status_code == 200, r.text
+    entries = r.json()
+    assert_entries_equal(entries, [expected_entry(p, 42) for p in persons])
+    assert all(len(e["keypoints"]) == 51 for e in entries)
+    assert keypoint_ap(ground_truth(tmp_path, {42: persons}), entries) == pytest.approx(1.0)
+
+
+def test_predict_coco_image_id_defaults_to_0_and_bad_values_are_refused(client):
+    r = post_image(client, format="coco")
+    assert r.status_code == 200, r.text
+    assert {e["image_id"] for e in r.json()} == {0}
+    assert_problem(post_image(client, format="xml"), 422, "invalid_field")
+    assert "image_id" in assert_problem(post_image(client, format="coco", image_id=-1), 422, "invalid_field")["detail"]
+
+
+def post_video(client, data: bytes, headers=None, **fields) -> httpx.Response:
+    return client.post("/v1/predict/video", files={"video": ("v.avi", data, "video/x-msvideo")},
+                       data={k: str(v) for k, v in fields.items()}, headers=headers or {})  # fmt: skip
+
+
+def test_video_coco_json_and_ndjson_are_the_default_frames_with_frame_index_as_image_id(client, tmp_path):
+    n = 8
+    data = write_video(tmp_path / "cross.avi", n).read_bytes()
+    default = post_video(client, data, every_n_frames=2)
+    assert default.status_code == 200, default.text
+    frames = default.json()["frames"]
+    assert [f["index"] for f in frames] == [0, 2, 4, 6]
+    want = [expected_entry(p, f["index"]) for f in frames for p in f["persons"]]
+    assert len(want) == 8 and all("track_id" in e for e in want)
+
+    r = post_video(client, data, every_n_frames=2, format="coco")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-video-width"] == str(W) and float(r.headers["x-video-fps"]) == pytest.approx(10)
+    assert_entries_equal(r.json(), want)
+
+    streamed = post_video(client, data, headers={"Accept": "application/x-ndjson"}, every_n_frames=2, format="coco")
+    assert streamed.status_code == 200, streamed.text
+    assert streamed.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in streamed.text.splitlines()]
+    assert len(lines) == len(frames) and all(isinstance(line, list) for line in lines)  # one line per frame
+    assert [{e["image_id"] for e in line} for line in lines] == [{f["index"]} for f in frames]
+    assert_entries_equal([e for line in lines for e in line], want)
+
+    gt = ground_truth(tmp_path, {f["index"]: f["persons"] for f in frames})
+    assert keypoint_ap(gt, r.json()) == pytest.approx(1.0)
+
+
+def test_coco_is_refused_for_a_model_without_the_coco_keypoints():
+    coco_format.check_keypoints(COCO17.names[::-1])  # any order will do: entries follow COCO's
+    with pytest.raises(errors.Problem) as info:
+        coco_format.check_keypoints(MPII16.names)
+    assert info.value.status == 422 and "nose" in info.value.detail
+
