@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import re
 import time
@@ -35,6 +36,8 @@ access_log = logging.getLogger("service.access")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 VIDEO_PATHS = ("/v1/predict/video", "/v1/render/video")  # their body limit is HEVITPOSE_VIDEO_MAX_BYTES
+# Open with HEVITPOSE_API_KEY set: probes and Prometheus carry no key, and these leak nothing a client sends.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -122,6 +125,44 @@ class ServiceMiddleware:
         return None
 
 
+class ApiKeyMiddleware:
+    """With ``HEVITPOSE_API_KEY`` set: every HTTP and WebSocket route but :data:`OPEN_PATHS` needs
+    ``Authorization: Bearer <key>``; otherwise a 401 problem with ``WWW-Authenticate: Bearer``.
+
+    ASGI rather than a dependency, so that unknown paths, ``/docs`` and the WebSocket handshake are
+    covered by the same check. Installed inside :class:`ServiceMiddleware`, so a refusal still gets
+    its request id, metrics and access line.
+    """
+
+    def __init__(self, app: ASGIApp, service: PoseService) -> None:
+        self.app = app
+        self.service = service
+        self.key = service.settings.api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        problem = errors.Problem(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'",
+                                 {"WWW-Authenticate": 'Bearer realm="hevitpose"'})  # fmt: skip
+        self.service.count_rejection(problem)
+        if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+            # A server without WebSocket denial responses: closing before accept refuses the
+            # handshake (uvicorn answers 403); 1008 is "policy violation".
+            await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
+            return
+        request_id = scope.get("state", {}).get("request_id")
+        await errors.problem_response(problem, request_id)(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":  # ASGI lower-cases header names
+                scheme, _, token = value.partition(b" ")
+                # compare_digest: the time taken must not tell how much of a guessed key was right
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
+        return False
+
+
 # Form fields shared by the three POST routes.
 BoxesField = Annotated[
     str | None, Form(description="JSON list of [x1, y1, x2, y2] boxes in image pixels (implies detector=boxes)")
@@ -154,6 +195,8 @@ def create_app(settings: Settings | None = None, service: PoseService | None = N
         lifespan=lifespan,
     )
     app.state.service = service
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, service=service)  # added first: runs inside ServiceMiddleware
     app.add_middleware(ServiceMiddleware, service=service)
     app.include_router(video_routes.router)
     errors.install_handlers(app, service.count_rejection)

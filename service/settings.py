@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     render_keypoint_threshold: float = Field(0.3, ge=0, le=1)
     warmup: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    api_key: str = ""  # when set, all but /healthz /readyz /metrics need "Authorization: Bearer <key>"
 
     # Video (/v1/predict/video, /v1/render/video) and live streams (WS /v1/stream)
     video_max_bytes: int = Field(200 * 1024 * 1024, ge=1)  # largest video upload

@@ -1,4 +1,5 @@
-"""``format=coco`` on /v1/predict and /v1/predict/video, against a real uvicorn server.
+"""``format=coco`` on /v1/predict and /v1/predict/video, and the optional API key
+(``HEVITPOSE_API_KEY``), against a real uvicorn server.
 
 The COCO entries are checked the way evaluation uses them: loaded by pycocotools' ``COCO.loadRes``
 against a ground truth written here, and scored by ``COCOeval`` (a ground truth equal to the
@@ -7,6 +8,7 @@ default format's persons must score AP 1, which fails if a keypoint is out of pl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import io
@@ -15,15 +17,20 @@ import json
 import httpx
 import numpy as np
 import pytest
+import websockets.exceptions
+import websockets.sync.client
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from model.keypoints import COCO17, MPII16
 from service import coco_format, errors
+from service.app import ApiKeyMiddleware
 from service.settings import Settings
 from _service_util import ServerThread, encode, make_bundle, noise_image
-from test_service_video import ColourDetector, write_video
+from test_service_video import ColourDetector, draw_frame, write_video
 
+KEY = "s3cret-key-for-tests"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 W, H = 160, 120
 BOXES = [[10.0, 8.0, 70.0, 110.0], [84.0, 5.0, 150.0, 100.0]]
 
@@ -44,7 +51,7 @@ def server(tmp_path_factory):
     # request, so two formats of the same input can be compared exactly.
     settings = Settings(
         weights=bundle, device="cpu", backend="torch", threads=1, detector_threads=1, max_batch_size=1,
-        video_pipeline_depth=1, max_wait_ms=1, request_timeout_s=60, cpu_workers=2,
+        video_pipeline_depth=1, max_wait_ms=1, request_timeout_s=60, cpu_workers=2, api_key=KEY,
     )  # fmt: skip
     srv = ServerThread(settings).start()
     srv.app.state.service.detector = SortedColourDetector()
@@ -54,7 +61,13 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server.url, timeout=120, ) as c:
+    with httpx.Client(base_url=server.url, timeout=120, headers=AUTH) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def anonymous(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
 
 
@@ -186,3 +199,82 @@ def test_coco_is_refused_for_a_model_without_the_coco_keypoints():
         coco_format.check_keypoints(MPII16.names)
     assert info.value.status == 422 and "nose" in info.value.detail
 
+
+# ---------------------------------------------------------------------------- API key
+
+
+def test_routes_refuse_a_missing_or_wrong_key(anonymous):
+    wrong_headers = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {KEY}x"},
+                     {"Authorization": f"Basic {KEY}"}, {"Authorization": KEY}]  # fmt: skip
+    image = {"image": ("p.png", encode(noise_image(W, H), ".png"), "image/png")}
+    requests = [("GET", "/v1/models", {}), ("POST", "/v1/predict", {"files": image}), ("GET", "/docs", {}),
+                ("GET", "/openapi.json", {}), ("GET", "/no/such/route", {})]  # fmt: skip
+    for headers in wrong_headers:
+        for method, path, kwargs in requests:
+            r = anonymous.request(method, path, headers=headers, **kwargs)
+            body = assert_problem(r, 401, "unauthorized")
+            assert r.headers["www-authenticate"].startswith("Bearer"), (method, path)
+            assert body["request_id"] == r.headers["x-request-id"]
+
+
+def test_the_right_key_is_let_through(client, anonymous):
+    assert client.get("/v1/models").status_code == 200
+    assert anonymous.get("/v1/models", headers={"Authorization": f"bearer  {KEY}"}).status_code == 200
+    assert post_image(client).status_code == 200
+
+
+def test_health_readiness_and_metrics_need_no_key(anonymous):
+    before = rejections(anonymous, "unauthorized")
+    assert anonymous.get("/healthz").status_code == 200
+    assert anonymous.get("/readyz").status_code == 200
+    assert anonymous.get("/v1/models").status_code == 401
+    assert rejections(anonymous, "unauthorized") == before + 1
+
+
+def rejections(anonymous, reason: str) -> float:
+    r = anonymous.get("/metrics")
+    assert r.status_code == 200
+    for line in r.text.splitlines():
+        if line.startswith(f'hevitpose_rejections_total{{reason="{reason}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_websocket_refused_without_the_key_and_served_with_it(server):
+    url = server.url.replace("http://", "ws://") + "/v1/stream"
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as info:
+            websockets.sync.client.connect(url, additional_headers=headers, open_timeout=30)
+        response = info.value.response
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert json.loads(response.body)["type"] == errors.TYPE_PREFIX + "unauthorized"
+    with websockets.sync.client.connect(url, additional_headers=AUTH, open_timeout=30) as ws:
+        ws.send(encode(draw_frame(0, 10), ".jpg"))
+        reply = json.loads(ws.recv(timeout=60))
+    assert reply["index"] == 0 and len(reply["persons"]) == 2
+
+
+def test_websocket_closed_with_1008_where_the_server_has_no_denial_responses(server):
+    """Servers without the ASGI WebSocket denial extension: the handshake is refused by a close."""
+    reached = []
+
+    async def inner(scope, receive, send):
+        reached.append(scope["path"])
+
+    middleware = ApiKeyMiddleware(inner, server.app.state.service)
+    sent = []
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message)
+
+    def scope(headers):
+        return {"type": "websocket", "path": "/v1/stream", "headers": headers, "extensions": {}}
+
+    asyncio.run(middleware(scope([]), receive, send))
+    assert [(m["type"], m["code"]) for m in sent] == [("websocket.close", 1008)] and reached == []
+    asyncio.run(middleware(scope([(b"authorization", f"Bearer {KEY}".encode())]), receive, send))
+    assert reached == ["/v1/stream"] and len(sent) == 1
