@@ -41,15 +41,17 @@ NON_ROOT_UID = 10001
 
 # The metrics the brief names for the dashboard; test_dashboard_* also checks them against the
 # service's own registry (service/metrics.py), so a renamed metric fails here.
-COUNTERS = {"hevitpose_requests_total", "hevitpose_rejections_total"}
+COUNTERS = {"hevitpose_requests_total", "hevitpose_rejections_total", "hevitpose_frames_total",
+            "hevitpose_frames_dropped_total", "hevitpose_tracks_started_total"}  # fmt: skip
 HISTOGRAMS = {
     "hevitpose_request_duration_seconds",
     "hevitpose_stage_duration_seconds",
     "hevitpose_queue_wait_seconds",
     "hevitpose_batch_size",
     "hevitpose_persons_per_image",
+    "hevitpose_frame_duration_seconds",
 }
-GAUGES = {"hevitpose_queue_depth", "hevitpose_model_info", "hevitpose_gpu_memory_bytes"}
+GAUGES = {"hevitpose_queue_depth", "hevitpose_model_info", "hevitpose_gpu_memory_bytes", "hevitpose_active_streams"}
 # Labels Prometheus adds to every scraped series, and the histogram bucket label.
 TARGET_LABELS = {"instance", "job", "le"}
 
