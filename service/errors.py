@@ -32,6 +32,7 @@ TITLES = {
     "queue_full": "Service overloaded",
     "not_ready": "Service not ready",
     "deadline": "Deadline exceeded",
+    "unauthorized": "Unauthorized",
     "not_found": "Not found",
     "method_not_allowed": "Method not allowed",
     "internal": "Internal server error",
