@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv.
 #   scripts/setup.sh          everything the tests need (Debian packages from .ci/apt.txt, all extras)
-#   scripts/setup.sh serve    only what the service needs (with OpenVINO, a faster CPU backend)
+#   scripts/setup.sh serve    only what the service needs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-test}
@@ -13,9 +13,9 @@ if [ "$mode" = test ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
   fi
-  extras="train,synth,label,dev,cpu"
+  extras="train,synth,label,dev"
 else
-  extras="cpu"
+  extras=""
 fi
 
 python3 -m venv .venv

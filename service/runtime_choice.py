@@ -1,7 +1,7 @@
 """Pick the CPU backend and thread count by measuring them on this machine, at start-up.
 
-Which backend is fastest for a bundle depends on the CPU (AVX-512 BF16 or AMX makes OpenVINO's
-bfloat16 the winner; without them it is emulated and slow), the core count, the network size and
+Which backend is fastest for a bundle depends on the CPU (AVX-512 BF16 or AMX makes bfloat16 pay;
+without them it is emulated and slow), the core count, the network size and
 the library versions, so the service does not guess: with ``backend=auto`` on a CPU it builds each
 candidate, checks that its keypoints agree with float32 on real-looking person crops
 (``assets/calibration_crops.jpg``), times the ones that agree round-robin at batch 1 and 8, and keeps
@@ -42,7 +42,6 @@ from model.runtime import (
     cpu_has_bf16,
     create_runner,
     onnxruntime_available,
-    openvino_available,
     resolve_device,
 )
 
@@ -148,9 +147,8 @@ def cpu_candidates(threads: int, dtype: str) -> list[RuntimeConfig]:
     # the measurement, and where bf16 is in hardware it is not the fastest anyway (BENCHMARKS.md).
     if onnxruntime_available() and fp32:
         out += [RuntimeConfig(device="cpu", backend="onnxruntime", threads=threads)]
-    if openvino_available():
-        out += [RuntimeConfig(device="cpu", backend="openvino", dtype="float32", threads=threads)] if fp32 else []
-        out += [RuntimeConfig(device="cpu", backend="openvino", dtype="bfloat16", threads=threads)] if bf16 else []
+    # OpenVINO is not a candidate: loaded beside torch it crashed the test process (segfault, twice at
+    # the same point of the full suite, never without it), so it serves only when a setting asks for it.
     out += [RuntimeConfig(device="cpu", backend="torch", dtype="float32", threads=threads)] if fp32 else []
     out += [RuntimeConfig(device="cpu", backend="torch", dtype="bfloat16", threads=threads)] if bf16 else []
     return out
