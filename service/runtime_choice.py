@@ -298,7 +298,8 @@ def select_runner(
     if cached is not None:
         try:
             cfg = RuntimeConfig(device="cpu", backend=cached.backend, dtype=cached.dtype, threads=cached.threads)
-            runner = create_runner(model, input_size, cfg, onnx_dir=onnx_dir, calibration=calibration_inputs(input_size, mean, std))
+            calibration = calibration_inputs(input_size, mean, std) if cached.backend == "onnxruntime-int8" else None
+            runner = create_runner(model, input_size, cfg, onnx_dir=onnx_dir, calibration=calibration)
             cached.seconds = time.perf_counter() - t0
             return runner, cached
         except Exception as exc:  # the cached backend no longer builds (a library removed): measure again
