@@ -129,7 +129,7 @@ def parts(args: argparse.Namespace, out: Path) -> list[Part]:
     steps = "4" if smoke else "200"
     ddp = ["bash", "-c",
            f"{PY} -c \"$DDP_SMOKE\" {work} {device} && {PY} -m torch.distributed.run --standalone --nproc_per_node 1 "
-           f"-m model.cli train {ddp_cfg} run.max_steps={steps} data.workers={0 if smoke else 4}"]  # fmt: skip
+           f"-m hevitpose_cli train {ddp_cfg} run.max_steps={steps} data.workers={0 if smoke else 4}"]  # fmt: skip
     cuda_tests = [PY, "-m", "pytest", "-q", "-rs", "-k", "cuda", "tests/"]
     env_smoke = {"HEVITPOSE_BACKEND": "torch"} if smoke else {}
     return [

@@ -91,7 +91,7 @@ def start_server(weights: Path, port: int, args) -> subprocess.Popen:
         "HEVITPOSE_QUEUE_SIZE": str(max(64, 4 * args.concurrency)), "HEVITPOSE_LOG_LEVEL": "WARNING",
         "HEVITPOSE_REQUEST_TIMEOUT_S": "60",
     })  # fmt: skip
-    cmd = [sys.executable, "-m", "model.cli", "serve", "--weights", str(weights), "--port", str(port),
+    cmd = [sys.executable, "-m", "hevitpose_cli", "serve", "--weights", str(weights), "--port", str(port),
            "--device", args.device]  # fmt: skip
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 

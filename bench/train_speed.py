@@ -7,7 +7,7 @@ then measures, in samples/s:
   * a DataLoader with every CPU core as a worker;
   * the training step alone (forward, backward, Adam) on ready tensors: CPU float32 here,
     bf16 autocast + channels_last on CUDA when a GPU is present;
-  * end to end: the real runner (``training.engine.Trainer``) with loader workers.
+  * end to end: the real runner (``training.trainer.Trainer``) with loader workers.
 The table goes into BENCHMARKS.md between ``<!-- train_speed:begin/end -->``.
 
     python bench/train_speed.py --duration 10 --models hevitpose-t hevitpose-b
@@ -35,7 +35,7 @@ from model import build_model  # noqa: E402
 from model.codec import apply_affine, encode_heatmaps, get_warp_matrix, normalize, warp_crop  # noqa: E402
 from model.keypoints import COCO17  # noqa: E402
 from training.config import config_from_dict  # noqa: E402
-from training.engine import Trainer, heatmap_loss  # noqa: E402
+from training.trainer import Trainer, heatmap_loss  # noqa: E402
 from training.transforms import random_crop  # noqa: E402
 from report import machine, write_section  # noqa: E402  (bench/ is on sys.path)
 

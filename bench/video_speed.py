@@ -121,7 +121,7 @@ class CountingDetector:
 
 def start_service(args):
     from service.app import create_app
-    from service.engine import PoseService
+    from service.pose_service import PoseService
     from service.settings import Settings
 
     settings = Settings(device=args.device, log_level="WARNING", request_timeout_s=60)

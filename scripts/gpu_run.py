@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.build import train_dataset
     from training.cli import eval_main, export_main
     from training.config import load_config
-    from training.engine import Trainer
+    from training.trainer import Trainer
     from training.pack import read_pack
 
     args.out.mkdir(parents=True, exist_ok=True)

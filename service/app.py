@@ -1,4 +1,4 @@
-"""HTTP routes of the pose service (FastAPI); the work itself happens in :mod:`service.engine`."""
+"""HTTP routes of the pose service (FastAPI); the work itself happens in :mod:`service.pose_service`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import coco_format, errors, imaging, render, video_routes
-from service.engine import PoseService
+from service.pose_service import PoseService
 from service.logs import request_id_var
 from service.metrics import ENDPOINTS
 from service.schemas import (

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from service.metrics import ServiceMetrics
-from service.pipeline import PoseJob, PoseResult
+from service.pose_model import PoseJob, PoseResult
 
 log = logging.getLogger("service.batching")
 

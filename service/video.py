@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from service import errors, imaging
-from service.engine import PoseService, Prediction, _filter, person_scores
+from service.pose_service import PoseService, Prediction, _filter, person_scores
 from service.schemas import PredictOptions
 from service.smoothing import TrackSmoother
 from service.tracking import Tracker, TrackerConfig, keypoint_box

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.types import Receive, Scope, Send
 
 from service import coco_format, errors, imaging, render
-from service.engine import PoseService
+from service.pose_service import PoseService
 from service.schemas import PROBLEM_RESPONSES, make_options
 from service.video import (
     DEFAULT_FPS,

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from training.config import load_config
-from training.engine import Trainer
+from training.trainer import Trainer
 
 
 def main(config: str, out: str) -> None:

@@ -241,7 +241,7 @@ def test_backend_setting_and_auto_choice(monkeypatch):
 def test_the_service_builds_the_detector_its_setting_names(tmp_path, astronaut, setting, expected):
     pytest.importorskip("pydantic_settings")
     from _service_util import make_bundle
-    from service.engine import PoseService
+    from service.pose_service import PoseService
     from service.settings import Settings
 
     settings = Settings(weights=make_bundle(tmp_path), device="cpu", backend="torch", detector_backend=setting,

@@ -95,10 +95,10 @@ def test_cuda_half_precision_is_close(dtype):
 
 
 def test_cli_profile_and_unknown_command():
-    done = subprocess.run([sys.executable, "-m", "model.cli", "profile", "hevitpose-t"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "hevitpose_cli", "profile", "hevitpose-t"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "| hevitpose-t | 3.207 | 3.21 |" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "model.cli", "frobnicate"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([sys.executable, "-m", "hevitpose_cli", "frobnicate"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown command" in bad.stderr
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from model.keypoints import COCO17
-from training.datasets import load_coco
+from training.annotations import load_coco
 from training.label import LabelConfig, agree, joint_similarity, main
 from training.teachers import TEACHER_FILES, default_models_dir
 

@@ -154,7 +154,7 @@ def test_hevitpose_serve_command(bundle, tmp_path):
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "model.cli", "serve", "--weights", str(bundle), "--port", str(port),
+            [sys.executable, "-m", "hevitpose_cli", "serve", "--weights", str(bundle), "--port", str(port),
              "--device", "cpu", "--backend", "torch"],
             cwd=Path(__file__).resolve().parents[1], env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

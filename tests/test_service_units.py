@@ -24,9 +24,9 @@ from service.detector import (
     nms,
     tile_windows,
 )
-from service.engine import person_scores
+from service.pose_service import person_scores
 from service.metrics import ServiceMetrics
-from service.pipeline import PoseJob, PoseResult
+from service.pose_model import PoseJob, PoseResult
 from service.settings import DEFAULT_DETECTOR
 from _service_util import encode, noise_image, png_bomb, with_exif_orientation
 
@@ -341,7 +341,7 @@ def test_batcher_reports_a_failed_batch_to_each_job():
 def test_device_crops_match_opencv_crops(tmp_path):
     """The GPU path (warp_crops_torch in the worker) gives the CPU path's keypoints; run here on the CPU."""
     from model.runtime import RuntimeConfig
-    from service.pipeline import PoseModel
+    from service.pose_model import PoseModel
     from _service_util import make_bundle
 
     pose = PoseModel(make_bundle(tmp_path), RuntimeConfig(device="cpu", backend="torch"))
@@ -408,7 +408,7 @@ def test_bundle_normalisation_is_honoured(tmp_path):
 
     from _service_util import make_bundle
     from model.runtime import RuntimeConfig
-    from service.pipeline import PoseModel
+    from service.pose_model import PoseModel
 
     path = make_bundle(tmp_path)
     pose = PoseModel(path, RuntimeConfig(device="cpu", backend="torch"))

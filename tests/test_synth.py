@@ -12,7 +12,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from model.cli import main as hevitpose
+from hevitpose_cli import main as hevitpose
 from model.keypoints import COCO17
 from training.synth.annotate import coco_annotations
 from training.synth.body import BodyModel

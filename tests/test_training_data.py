@@ -8,7 +8,7 @@ from model.codec import IMAGENET_MEAN, IMAGENET_STD, decode_heatmaps
 from model.keypoints import COCO17
 from training.build import train_dataset, val_dataset
 from training.config import config_from_dict
-from training.datasets import DatasetError, load_coco, load_mpii
+from training.annotations import DatasetError, load_coco, load_mpii
 
 from _training_data import make_coco, make_mpii
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import training.engine as engine
+import training.trainer as trainer
 from model.bundle import load_bundle
 from training.cli import eval_main, export_main, train_main
 from training.config import load_config
-from training.engine import Trainer
+from training.trainer import Trainer
 
 from _training_data import make_coco, make_mpii, write_config
 
@@ -101,7 +101,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_matches(tmp_path, coco_root, m
     straight = write_config(tmp_path / "a.yaml", "coco", coco_root, tmp_path / "a", extra)
     # two loader workers here, none below: samples must not depend on who makes them
     assert train_main([str(straight), "run.max_steps=3", "data.workers=2"]) == 0
-    real_loss, calls = engine.heatmap_loss, []
+    real_loss, calls = trainer.heatmap_loss, []
 
     def loss_then_kill(*args):
         calls.append(1)
@@ -109,12 +109,12 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_matches(tmp_path, coco_root, m
             os.kill(os.getpid(), signal.SIGTERM)  # as a cluster scheduler would
         return real_loss(*args)
 
-    monkeypatch.setattr(engine, "heatmap_loss", loss_then_kill)
+    monkeypatch.setattr(trainer, "heatmap_loss", loss_then_kill)
     killed = write_config(tmp_path / "b.yaml", "coco", coco_root, tmp_path / "b", extra)
     assert train_main([str(killed)]) == 0
     state = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (2, 0, 2)
-    monkeypatch.setattr(engine, "heatmap_loss", real_loss)
+    monkeypatch.setattr(trainer, "heatmap_loss", real_loss)
     assert train_main([str(killed), "--resume", "run.max_steps=3"]) == 0
     a, b = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -132,14 +132,14 @@ def test_resume_without_a_checkpoint_and_a_new_run_over_an_old_one_are_errors(tm
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, coco_root, monkeypatch, capsys):
-    real_loss, calls = engine.heatmap_loss, []
+    real_loss, calls = trainer.heatmap_loss, []
 
     def loss_that_explodes(*args):
         calls.append(1)
         loss = real_loss(*args)
         return loss * float("nan") if len(calls) >= 5 else loss
 
-    monkeypatch.setattr(engine, "heatmap_loss", loss_that_explodes)
+    monkeypatch.setattr(trainer, "heatmap_loss", loss_that_explodes)
     out = tmp_path / "run"
     cfg = write_config(tmp_path / "c.yaml", "coco", coco_root, out, {"optim": {"epochs": 3}, "eval": {"interval": 100}})
     assert train_main([str(cfg)]) == 1

@@ -9,7 +9,7 @@ import numpy as np
 
 from model.codec import CodecConfig
 from training.config import AugmentConfig, TrainConfig
-from training.datasets import DatasetError, Instances, concat_instances, load_coco, load_mpii, repeat_instances, require
+from training.annotations import DatasetError, Instances, concat_instances, load_coco, load_mpii, repeat_instances, require
 from training.evaluation import coco_keypoint_ap, coco_results, load_mpii_gt, mpii_pckh
 from training.transforms import TopDownDataset
 
@@ -57,7 +57,7 @@ def load_instances(cfg: TrainConfig, split: str) -> Instances:
 def train_dataset(cfg: TrainConfig) -> TopDownDataset:
     aug = cfg.augment
     if not aug.upper_body_ids and aug.half_body_prob > 0:
-        from training.datasets import COCO_UPPER_BODY, MPII_UPPER_BODY
+        from training.annotations import COCO_UPPER_BODY, MPII_UPPER_BODY
 
         ids = COCO_UPPER_BODY if cfg.data.dataset == "coco" else MPII_UPPER_BODY
         aug = AugmentConfig(**{**aug.__dict__, "upper_body_ids": ids})

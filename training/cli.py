@@ -33,8 +33,8 @@ def train_main(argv: list[str]) -> int:
     args = parser.parse_intermixed_args(argv)
 
     from training.config import load_config
-    from training.datasets import DatasetError
-    from training.engine import NonFiniteLoss, Trainer
+    from training.annotations import DatasetError
+    from training.trainer import NonFiniteLoss, Trainer
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -107,8 +107,8 @@ def eval_main(argv: list[str]) -> int:
 
     from training.build import evaluate, val_dataset
     from training.config import ConfigError, load_config
-    from training.datasets import DatasetError
-    from training.engine import autocast_dtype, pick_device
+    from training.annotations import DatasetError
+    from training.trainer import autocast_dtype, pick_device
     from training.predict import predict
 
     overrides = list(args.overrides)

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from model.codec import CodecConfig, apply_affine, encode_heatmaps, get_warp_matrix, normalize, warp_crop
 from training.config import AugmentConfig
-from training.datasets import Instances
+from training.annotations import Instances
 
 
 @dataclass

@@ -22,11 +22,11 @@ from service import errors, imaging
 from service.batching import DeadlineExceeded, MicroBatcher, QueueFull, Stopped
 from service.detector import DetectorConfig, NanoDetPersonDetector, whole_image_box
 from service.metrics import ServiceMetrics
-from service.pipeline import PoseJob, PoseModel, PoseResult
+from service.pose_model import PoseJob, PoseModel, PoseResult
 from service.schemas import PredictOptions, check_boxes_inside
 from service.settings import Settings
 
-log = logging.getLogger("service.engine")
+log = logging.getLogger("service.pose_service")
 
 
 @dataclass

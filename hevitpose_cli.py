@@ -1,7 +1,8 @@
 """The ``hevitpose`` command: a thin dispatcher to each package's subcommand.
 
-Subcommands are imported only when called, so a serving install without ``training/``
-still runs ``hevitpose serve``, and ``model`` never depends on the packages built on it.
+It lives at the top of the tree, outside model/, service/ and training/, because it names commands of
+all three: the bottom layer (model/) must not know the layers built on it. Subcommands are imported only
+when called, so a serving install without ``training/`` still runs ``hevitpose serve``.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from model.codec import (
 from model.runtime import RuntimeConfig, create_runner
 from service.runtime_choice import RuntimeChoice, select_runner
 
-log = logging.getLogger("service.pipeline")
+log = logging.getLogger("service.pose_model")
 
 
 @dataclass
