@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from model import build_model  # noqa: E402
 from model.bundle import load_bundle  # noqa: E402
+from model.codec import HeatmapCodec  # noqa: E402
 from model.flops import full_macs  # noqa: E402
 from model.runtime import RuntimeConfig, cpu_has_bf16, create_runner  # noqa: E402
 from report import machine, write_section  # noqa: E402  (bench/ is on sys.path)
@@ -187,7 +188,8 @@ def measure_cpu(name: str, model: nn.Module, input_size: tuple[int, int], mean: 
     agreement, ap = {}, {}
     if trained:  # random weights make flat heatmaps: their keypoints' agreement says nothing
         reference = backends["torch eager"](calibration)
-        agreement = {label: keypoint_agreement(reference, fn(calibration), 4) for label, fn in backends.items()}
+        codec = HeatmapCodec(input_size=input_size)
+        agreement = {label: keypoint_agreement(reference, fn(calibration), codec) for label, fn in backends.items()}
         if args.eval_data:
             ap = {label: heldout_ap(fn, args.eval_data, args.eval_config) for label, fn in backends.items()}
             print(f"AP {name}: {ap}", file=sys.stderr, flush=True)

@@ -2,14 +2,16 @@
 
 A bundle is two files side by side, ``NAME.safetensors`` and ``NAME.json``. Training's
 ``hevitpose export`` writes them; the service loads them. The JSON carries everything the
-service needs besides the weights: the architecture, the keypoint set, the input size and
-normalisation, and the validation metrics the weights reached.
+service needs besides the weights: the architecture, the keypoint set, the codec (input size,
+heatmap stride, sigma, box padding, decoding: the values training used), the normalisation, and
+the validation metrics the weights reached.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.codec import IMAGENET_MEAN, IMAGENET_STD
+from model.codec import IMAGENET_MEAN, IMAGENET_STD, HeatmapCodec
 from model.hevitpose import HEATMAP_STRIDE, HEViTPose, build_model
 from model.keypoints import KeypointSet, flip_index
+
+log = logging.getLogger("model.bundle")
 
 
 @dataclass
@@ -28,8 +32,7 @@ class BundleMeta:
     keypoint_names: list[str]
     skeleton: list[list[int]]
     flip_pairs: list[list[int]]
-    input_size: list[int] = field(default_factory=lambda: [256, 256])  # (width, height)
-    heatmap_stride: int = HEATMAP_STRIDE
+    codec: HeatmapCodec = field(default_factory=HeatmapCodec)
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     dtype: str = "float32"
@@ -38,7 +41,12 @@ class BundleMeta:
     description: str = ""
 
     @classmethod
-    def for_model(cls, model_name: str, keypoints: KeypointSet, **kwargs: Any) -> BundleMeta:
+    def for_model(
+        cls, model_name: str, keypoints: KeypointSet, input_size: list[int] | None = None, **kwargs: Any
+    ) -> BundleMeta:
+        """``input_size`` alone stands for the default codec at that size."""
+        if input_size is not None:
+            kwargs["codec"] = HeatmapCodec(input_size=tuple(input_size), heatmap_stride=HEATMAP_STRIDE)
         return cls(
             model=model_name,
             keypoint_names=list(keypoints.names),
@@ -46,6 +54,31 @@ class BundleMeta:
             flip_pairs=[list(p) for p in keypoints.flip_pairs],
             **kwargs,
         )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "bundle") -> BundleMeta:
+        data = dict(data)
+        # Bundles written before the codec travelled in the bundle carry only these two of its values.
+        input_size, stride = data.pop("input_size", None), data.pop("heatmap_stride", None)
+        if "codec" in data:
+            codec = HeatmapCodec.from_dict(data.pop("codec"))
+            if (input_size is not None and list(input_size) != list(codec.input_size)) or (
+                stride is not None and stride != codec.heatmap_stride
+            ):
+                raise ValueError(f"{source}: input_size/heatmap_stride disagree with its codec section")
+        else:
+            codec = HeatmapCodec(input_size=tuple(input_size or (256, 256)), heatmap_stride=stride or HEATMAP_STRIDE)
+            log.info("%s has no codec section (an older bundle): using the default codec %s", source, codec)
+        return cls(codec=codec, **data)
+
+    @property
+    def input_size(self) -> list[int]:
+        """(width, height) of the network input."""
+        return list(self.codec.input_size)
+
+    @property
+    def heatmap_stride(self) -> int:
+        return self.codec.heatmap_stride
 
     @property
     def num_keypoints(self) -> int:
@@ -83,7 +116,7 @@ def load_meta(path: str | Path) -> BundleMeta:
     _, meta_path = bundle_paths(path)
     if not meta_path.is_file():
         raise FileNotFoundError(f"bundle metadata {meta_path} not found")
-    return BundleMeta(**json.loads(meta_path.read_text()))
+    return BundleMeta.from_dict(json.loads(meta_path.read_text()), source=str(meta_path))
 
 
 def load_bundle(path: str | Path) -> tuple[HEViTPose, BundleMeta]:

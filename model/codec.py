@@ -6,15 +6,15 @@ Coordinate frames, following MMPose 0.29's top-down heatmap pipeline:
              sends the box center to (W/2, H/2);
     heatmap  pixels of the (W/s, H/s) output, heatmap x <-> input x * s (s = stride 4).
 
-Boxes become a center and a scale: the box size in image pixels, padded by 1.25 and widened
-to the input's aspect ratio. Matrices are 2x3, mapping image -> input unless named ``inv``.
+Boxes become a center and a scale: the box size in image pixels, padded (by the codec's
+``bbox_padding``, 1.25 by default) and widened to the input's aspect ratio. Matrices are 2x3, mapping image -> input unless named ``inv``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -27,13 +27,37 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DecodeMethod = Literal["dark", "argmax"]
 
 
+DECODE_METHODS: tuple[str, ...] = ("dark", "argmax")
+
+
 @dataclass(frozen=True)
-class CodecConfig:
+class HeatmapCodec:
+    """Keypoints <-> Gaussian heatmaps for one input size, and the box rule that makes the crop.
+
+    MMPose's ``MSRAHeatmap`` with the top-down box padding and the test-time flip shift: every
+    value that training and serving must agree on. Training builds it from the recipe
+    (``training.config.codec_from_config``), export writes it into the bundle's JSON (``codec``),
+    and the service reads it from there, so a bundle is decoded the way its training decoded.
+    """
+
     input_size: tuple[int, int] = (256, 256)  # (width, height), multiples of 32
     heatmap_stride: int = 4
     sigma: float = 2.0  # Gaussian target, in heatmap pixels
     bbox_padding: float = 1.25
+    decode_method: DecodeMethod = "dark"
     blur_kernel: int = 11  # DARK's Gaussian blur: kernel 11 <-> sigma 2 in OpenCV's rule
+    shift_heatmap: bool = True  # flip test: shift the flipped heatmaps one pixel (see flip_back)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", (int(self.input_size[0]), int(self.input_size[1])))
+        if any(v <= 0 or v % self.heatmap_stride for v in self.input_size):
+            raise ValueError(f"codec input_size {self.input_size} must be positive multiples of {self.heatmap_stride}")
+        if self.sigma <= 0 or self.bbox_padding <= 0:
+            raise ValueError(f"codec sigma ({self.sigma}) and bbox_padding ({self.bbox_padding}) must be positive")
+        if self.decode_method not in DECODE_METHODS:
+            raise ValueError(f"codec decode_method {self.decode_method!r} is not one of {list(DECODE_METHODS)}")
+        if self.blur_kernel < 3 or self.blur_kernel % 2 == 0:
+            raise ValueError(f"codec blur_kernel {self.blur_kernel} must be an odd number >= 3")
 
     @property
     def heatmap_size(self) -> tuple[int, int]:
@@ -43,6 +67,38 @@ class CodecConfig:
     @property
     def aspect_ratio(self) -> float:
         return self.input_size[0] / self.input_size[1]
+
+    def bbox_to_center_scale(self, bboxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 4) boxes -> centers and scales (padded, widened to the input's aspect ratio)."""
+        return bbox_to_center_scale(bboxes, self.aspect_ratio, self.bbox_padding)
+
+    def encode(self, keypoints: torch.Tensor, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input-pixel keypoints -> heatmap targets and weights (see :func:`encode_heatmaps`)."""
+        return encode_heatmaps(keypoints, visible, self)
+
+    def decode(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, K, h, w) heatmaps -> keypoints (N, K, 2) in input pixels and scores (N, K)."""
+        keypoints, scores = decode_heatmaps(heatmaps, self.decode_method, self.blur_kernel)
+        return keypoints * self.heatmap_stride, scores
+
+    def flip_back(self, heatmaps: torch.Tensor, flip_index: Sequence[int]) -> torch.Tensor:
+        return flip_back(heatmaps, flip_index, self.shift_heatmap)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["input_size"] = list(self.input_size)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HeatmapCodec:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown codec key(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+
+CodecConfig = HeatmapCodec  # the old name, until training/ moves over
 
 
 # --------------------------------------------------------------------------- boxes, affine
@@ -161,7 +217,7 @@ def normalize(
 
 
 def encode_heatmaps(
-    keypoints: torch.Tensor, visible: torch.Tensor, cfg: CodecConfig
+    keypoints: torch.Tensor, visible: torch.Tensor, codec: HeatmapCodec
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian heatmap targets with per-keypoint weights.
 
@@ -170,14 +226,14 @@ def encode_heatmaps(
     Returns heatmaps (..., K, h, w) peaking at 1 at the exact sub-pixel position, and
     weights (..., K): 0 for unlabelled keypoints and those outside the crop.
     """
-    w, h = cfg.heatmap_size
-    mu = keypoints.float() / cfg.heatmap_stride
+    w, h = codec.heatmap_size
+    mu = keypoints.float() / codec.heatmap_stride
     inside = (mu[..., 0] >= 0) & (mu[..., 0] <= w - 1) & (mu[..., 1] >= 0) & (mu[..., 1] <= h - 1)
     weights = torch.where(inside & (visible > 0), visible.float().clamp(max=1.0), 0.0)
     xs = torch.arange(w, dtype=torch.float32, device=keypoints.device)
     ys = torch.arange(h, dtype=torch.float32, device=keypoints.device)
-    gx = torch.exp(-((xs - mu[..., 0:1]) ** 2) / (2 * cfg.sigma**2))  # (..., K, w)
-    gy = torch.exp(-((ys - mu[..., 1:2]) ** 2) / (2 * cfg.sigma**2))  # (..., K, h)
+    gx = torch.exp(-((xs - mu[..., 0:1]) ** 2) / (2 * codec.sigma**2))  # (..., K, w)
+    gy = torch.exp(-((ys - mu[..., 1:2]) ** 2) / (2 * codec.sigma**2))  # (..., K, h)
     heatmaps = gy.unsqueeze(-1) * gx.unsqueeze(-2) * (weights > 0).float()[..., None, None]
     return heatmaps, weights
 
@@ -261,11 +317,6 @@ def decode_heatmaps(
     return refined, scores
 
 
-def heatmap_to_image(keypoints: torch.Tensor, inv_matrices: torch.Tensor, stride: int) -> torch.Tensor:
-    """(N, K, 2) heatmap pixels -> image pixels through (N, 2, 3) input -> image matrices."""
-    return apply_affine(keypoints * stride, inv_matrices.to(keypoints))
-
-
 # --------------------------------------------------------------------------- flip test
 
 
@@ -280,12 +331,3 @@ def flip_back(heatmaps: torch.Tensor, flip_index: Sequence[int], shift: bool = T
     if shift:
         out = torch.cat([out[..., :1], out[..., :-1]], dim=-1)
     return out
-
-
-def predict_with_flip(
-    run: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, flip_index: Sequence[int]
-) -> torch.Tensor:
-    """Average the heatmaps of the crops and of their mirror images, in one batch."""
-    n = inputs.shape[0]
-    heatmaps = run(torch.cat([inputs, inputs.flip(-1)], dim=0))
-    return (heatmaps[:n] + flip_back(heatmaps[n:], flip_index)) / 2

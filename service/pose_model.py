@@ -1,9 +1,11 @@
-"""Top-down pose on a batch of boxes: crop -> HEViTPose -> DARK decode -> image pixels.
+"""The pose model of the service: a bundle, its codec and the fastest runner, fed in batches.
 
-:func:`prepare_job` runs in the request's thread-pool slot: it builds the affine matrices,
-and on a CPU cuts and normalises the crops there, so the pose worker only runs the model.
-On a GPU the worker cuts every crop of the batch at once with ``warp_crops_torch``.
-:meth:`PoseModel.run_jobs` is what the pose worker calls with the jobs of one batch.
+The top-down pass itself (crop matrices, crops, flip test, decode, image pixels) is
+``model/topdown.py``, shared with training's evaluation; this module adds the service's split
+of it across threads. :meth:`PoseModel.prepare_job` runs in the request's thread-pool slot: it
+builds the affine matrices, and on a CPU cuts and normalises the crops there, so the pose worker
+only runs the model. On a GPU the worker cuts every crop of the batch at once with
+``warp_crops_torch``. :meth:`PoseModel.run_jobs` is what the pose worker calls with one batch.
 """
 
 from __future__ import annotations
@@ -12,25 +14,17 @@ import concurrent.futures
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from model.bundle import BundleMeta, bundle_paths, load_bundle, sha256
-from model.codec import (
-    bbox_to_center_scale,
-    decode_heatmaps,
-    get_warp_matrix,
-    heatmap_to_image,
-    invert_affine,
-    normalize,
-    predict_with_flip,
-    warp_crop,
-    warp_crops_torch,
-)
+from model.codec import HeatmapCodec, invert_affine, normalize, warp_crops_torch
+from model.topdown import crop_inputs, crop_matrices, decode_to_image, forward_heatmaps
 from model.runtime import RuntimeConfig, create_runner
 from service.runtime_choice import RuntimeChoice, select_runner
 
@@ -67,27 +61,34 @@ class PoseJob:
 
 
 class PoseModel:
-    """A loaded bundle wrapped in the fastest runner for the device."""
+    """A loaded bundle wrapped in the fastest runner for the device.
+
+    The codec is the bundle's (the values its training used); ``codec_overrides`` replaces only
+    the fields a user set explicitly (``HEVITPOSE_BBOX_PADDING``, ``HEVITPOSE_DECODE_METHOD``).
+    """
 
     def __init__(
-        self, weights: str | Path, runtime: RuntimeConfig, bbox_padding: float = 1.25, runtime_cache: Path | None = None
+        self,
+        weights: str | Path,
+        runtime: RuntimeConfig,
+        codec_overrides: Mapping[str, Any] | None = None,
+        runtime_cache: Path | None = None,
     ) -> None:
         weights_path, _ = bundle_paths(weights)
         model, meta = load_bundle(weights)
         self.meta: BundleMeta = meta
+        self.codec: HeatmapCodec = replace(meta.codec, **(codec_overrides or {}))
+        if codec_overrides:
+            log.info("codec of %s with settings overriding %s: %s", weights_path.name, dict(codec_overrides), self.codec)
         self.num_params = sum(p.numel() for p in model.parameters())
         self.weights_sha256 = sha256(weights_path)
-        self.input_size: tuple[int, int] = (int(meta.input_size[0]), int(meta.input_size[1]))
-        self.aspect_ratio = self.input_size[0] / self.input_size[1]
-        self.bbox_padding = bbox_padding
-        self.stride = int(meta.heatmap_stride)
+        self.input_size: tuple[int, int] = self.codec.input_size
         self.flip_index = meta.flip_index
         self._onnx_dir = tempfile.TemporaryDirectory(prefix="hevitpose-serve-")
         try:
             self.runner, self.runtime_choice = select_runner(
-                model, self.input_size, runtime, self.weights_sha256, self.stride, meta.mean, meta.std,
-                self._onnx_dir.name, runtime_cache,
-            )  # fmt: skip
+                model, self.codec, runtime, self.weights_sha256, meta.mean, meta.std, self._onnx_dir.name, runtime_cache
+            )
         except Exception as exc:
             if runtime.backend != "auto":
                 raise
@@ -128,12 +129,8 @@ class PoseModel:
 
     def prepare_job(self, image: np.ndarray, bboxes: np.ndarray, flip_test: bool, deadline: float) -> PoseJob:
         t0 = time.perf_counter()
-        center, scale = bbox_to_center_scale(bboxes, self.aspect_ratio, self.bbox_padding)
-        matrices = get_warp_matrix(center, scale, self.input_size)
-        inputs = None
-        if not self.crop_on_device:
-            crops = np.stack([warp_crop(image, m, self.input_size) for m in matrices])  # (N, h, w, 3)
-            inputs = self.normalize(torch.from_numpy(crops).permute(0, 3, 1, 2).float())
+        matrices = crop_matrices(self.codec, bboxes)
+        inputs = None if self.crop_on_device else crop_inputs(image, matrices, self.codec, self.meta.mean, self.meta.std)
         return PoseJob(image, bboxes, matrices, inputs, flip_test, deadline, crop_s=time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ worker side
@@ -165,7 +162,7 @@ class PoseModel:
             for start in range(0, len(rows), max_batch_size):
                 part = rows[start : start + max_batch_size]
                 x = inputs[part.to(inputs.device)]
-                out = predict_with_flip(self.runner, x, self.flip_index) if use_flip else self.runner(x)
+                out = forward_heatmaps(self.runner, x, self.codec, self.flip_index if use_flip else None)
                 chunks.append((part, out))
                 if on_call is not None:
                     on_call(len(part))
@@ -177,9 +174,8 @@ class PoseModel:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
-        keypoints, scores = decode_heatmaps(heatmaps, "dark")
-        inv = torch.from_numpy(invert_affine(np.concatenate([job.matrices for job in jobs]))).to(keypoints)
-        keypoints = heatmap_to_image(keypoints, inv, self.stride).double().cpu().numpy()
+        keypoints, scores = decode_to_image(self.codec, heatmaps, invert_affine(np.concatenate([job.matrices for job in jobs])))
+        keypoints = keypoints.double().cpu().numpy()
         scores = scores.cpu().numpy()
         t3 = time.perf_counter()
         results, start = [], 0

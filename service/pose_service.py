@@ -74,7 +74,7 @@ class PoseService:
         try:
             t0 = time.perf_counter()
             runtime = RuntimeConfig(device=s.device, backend=s.backend, dtype=s.dtype, threads=s.threads)
-            self.model = PoseModel(s.weights, runtime, s.bbox_padding, Path(s.runtime_cache) if s.runtime_cache else None)
+            self.model = PoseModel(s.weights, runtime, s.codec_overrides(), Path(s.runtime_cache) if s.runtime_cache else None)
             self.detector = NanoDetPersonDetector(
                 DetectorConfig(
                     s.detector_path, s.detector_score_threshold, s.detector_nms_iou,

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.codec import decode_heatmaps, normalize
+from model.codec import HeatmapCodec, normalize
 from model.keypoints import COCO17
 from model.runtime import (
     PoseRunner,
@@ -117,19 +117,19 @@ def calibration_crops(input_size: tuple[int, int], path: Path = CALIBRATION_CROP
     return np.stack(crops)
 
 
-def keypoint_agreement(reference: torch.Tensor, heatmaps: torch.Tensor, stride: int, padding: float = 1.25) -> float:
+def keypoint_agreement(reference: torch.Tensor, heatmaps: torch.Tensor, codec: HeatmapCodec) -> float:
     """Mean OKS of ``heatmaps``' keypoints against ``reference``'s, over float32's confident joints.
 
     Unconfident joints are left out because where a heatmap has no clear peak, a rounding
     difference moves its argmax anywhere without changing what a client would keep.
     """
-    ref_xy, ref_score = decode_heatmaps(reference.float(), "dark")
-    xy, _ = decode_heatmaps(heatmaps.float(), "dark")
+    ref_xy, ref_score = codec.decode(reference.float())  # input pixels
+    xy, _ = codec.decode(heatmaps.float())
     num_keypoints = reference.shape[1]
     sigmas = np.asarray(COCO17.sigmas if num_keypoints == len(COCO17.sigmas) else [0.05] * num_keypoints)
-    h, w = reference.shape[2] * stride, reference.shape[3] * stride
-    area = w * h / padding**2  # the box the service padded to make the crop
-    d2 = ((xy - ref_xy).double().numpy() * stride) ** 2
+    h, w = reference.shape[2] * codec.heatmap_stride, reference.shape[3] * codec.heatmap_stride
+    area = w * h / codec.bbox_padding**2  # the box the service padded to make the crop
+    d2 = (xy - ref_xy).double().numpy() ** 2
     oks = np.exp(-d2.sum(-1) / (2 * area * (2 * sigmas) ** 2))
     confident = ref_score.numpy() > 0.2
     if not confident.any():  # an untrained network: no joint is confident, so every joint counts
@@ -237,15 +237,15 @@ def _time(runner: PoseRunner, x: torch.Tensor, seconds: float) -> float:
 
 def measure(
     model: nn.Module,
-    input_size: tuple[int, int],
+    codec: HeatmapCodec,
     candidates: list[RuntimeConfig],
     inputs: torch.Tensor,
-    stride: int,
     onnx_dir: str | Path,
     rounds: int = 2,
     slice_s: float = 0.25,
 ) -> tuple[list[Trial], dict[int, PoseRunner]]:
     """Agreement and crops/s of each candidate; the runners that built, by candidate index."""
+    input_size = codec.input_size
     runners: dict[int, PoseRunner] = {}
     trials = [Trial(c.backend, c.dtype if c.dtype != "auto" else "float32", c.threads) for c in candidates]
     # torch runners cast and re-lay the module in place: each candidate gets its own copy
@@ -254,7 +254,7 @@ def measure(
     for i, (cfg, trial) in enumerate(zip(candidates, trials)):
         try:
             runner = create_runner(copy.deepcopy(model), input_size, cfg, onnx_dir=onnx_dir, calibration=inputs)
-            trial.agreement = keypoint_agreement(reference, runner(inputs), stride)
+            trial.agreement = keypoint_agreement(reference, runner(inputs), codec)
         except Exception as exc:  # a backend that cannot build here is reported, not fatal
             trial.error = f"{type(exc).__name__}: {exc}"[:300]
             continue
@@ -276,16 +276,16 @@ def measure(
 
 def select_runner(
     model: nn.Module,
-    input_size: tuple[int, int],
+    codec: HeatmapCodec,
     runtime: RuntimeConfig,
     weights_sha256: str,
-    stride: int,
     mean: list[float],
     std: list[float],
     onnx_dir: str | Path,
     cache_path: Path | None,
 ) -> tuple[PoseRunner, RuntimeChoice]:
     """The runner for ``runtime``: measured among the CPU candidates when it says ``backend=auto``."""
+    input_size = codec.input_size
     if runtime.backend != "auto" or resolve_device(runtime.device).type != "cpu":
         calibration = calibration_inputs(input_size, mean, std) if runtime.backend == "onnxruntime-int8" else None
         runner = create_runner(model, input_size, runtime, onnx_dir=onnx_dir, calibration=calibration)
@@ -310,13 +310,13 @@ def select_runner(
     cores = available_cores()
     threads = runtime.threads or cores
     candidates = cpu_candidates(threads, runtime.dtype)
-    trials, runners = measure(model, input_size, candidates, inputs, stride, onnx_dir)
+    trials, runners = measure(model, codec, candidates, inputs, onnx_dir)
     if not runners:
         raise RuntimeError("no CPU backend built and agreed with float32: " + "; ".join(f"{t.backend}: {t.error}" for t in trials))
     best = max(runners, key=lambda i: trials[i].speed)
     if not runtime.threads and threads > 1:  # fewer threads than cores can win where a core is busy with decoding
         half = replace(candidates[best], threads=threads // 2)
-        more, more_runners = measure(model, input_size, [candidates[best], half], inputs, stride, onnx_dir)
+        more, more_runners = measure(model, codec, [candidates[best], half], inputs, onnx_dir)
         trials[best] = more[0]  # report the two timings that were compared, side by side
         trials += [more[1]]
         if 1 in more_runners and more[1].speed > more[0].speed:

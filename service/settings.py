@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     person_keypoint_threshold: float = Field(0.2, ge=0, le=1)  # keypoints counted in a person's score
 
     flip_test: bool = False  # default for requests that do not say
-    bbox_padding: float = Field(1.25, gt=0)
+    # The codec is the bundle's (the values its training used); these override it only when set.
+    bbox_padding: float | None = Field(None, gt=0)
+    decode_method: Literal["dark", "argmax"] | None = None
     render_keypoint_threshold: float = Field(0.3, ge=0, le=1)
     warmup: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -83,3 +85,8 @@ class Settings(BaseSettings):
     smooth_min_cutoff: float = Field(1.0, gt=0)  # One Euro: cutoff (Hz) of a still joint
     smooth_beta: float = Field(1.0, ge=0)  # One Euro: cutoff added per person height / s of speed
     smooth_keypoint_threshold: float = Field(0.3, ge=0, le=1)  # joints below it are not smoothed
+
+    def codec_overrides(self) -> dict[str, object]:
+        """The codec fields this deployment sets (the rest stay the bundle's)."""
+        fields = {"bbox_padding": self.bbox_padding, "decode_method": self.decode_method}
+        return {k: v for k, v in fields.items() if v is not None}

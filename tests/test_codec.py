@@ -4,21 +4,20 @@ import torch
 
 from model import build_model
 from model.codec import (
-    CodecConfig,
+    HeatmapCodec,
     apply_affine,
     bbox_to_center_scale,
     decode_heatmaps,
     encode_heatmaps,
     flip_back,
     get_warp_matrix,
-    heatmap_to_image,
-    predict_with_flip,
     warp_crop,
     warp_crops_torch,
 )
 from model.keypoints import COCO17, MPII16
+from model.topdown import decode_to_image, forward_heatmaps
 
-CFG = CodecConfig(input_size=(256, 256))
+CFG = HeatmapCodec(input_size=(256, 256))
 
 
 def random_keypoints(n=256, k=17, seed=0, margin=16.0):
@@ -58,7 +57,7 @@ def test_target_weights_zero_for_unlabelled_and_outside():
 
 def test_sigma_sets_the_gaussian_width():
     kps = torch.tensor([[[128.0, 128.0]]])
-    heatmaps, _ = encode_heatmaps(kps, torch.ones(1, 1), CodecConfig(sigma=3.0))
+    heatmaps, _ = encode_heatmaps(kps, torch.ones(1, 1), HeatmapCodec(sigma=3.0))
     # one sigma (3 heatmap px) from the peak the value is exp(-1/2)
     assert heatmaps[0, 0, 32, 35].item() == pytest.approx(np.exp(-0.5), rel=1e-5)
 
@@ -107,13 +106,34 @@ def test_torch_crop_matches_opencv():
         assert np.abs(got[inner] - ref[inner]).mean() < 0.05
 
 
-def test_heatmap_to_image_inverts_the_crop():
+def test_decode_to_image_inverts_the_crop():
     center, scale = np.array([[300.0, 200.0]]), np.array([[150.0, 150.0]])
     fwd = get_warp_matrix(center, scale, (256, 256), 15.0)
-    inv = torch.from_numpy(get_warp_matrix(center, scale, (256, 256), 15.0, inv=True))
+    inv = get_warp_matrix(center, scale, (256, 256), 15.0, inv=True)
     image_points = np.array([[[280.0, 190.0], [320.0, 230.0]]])
-    heatmap_points = torch.from_numpy(apply_affine(image_points, fwd) / 4)
-    np.testing.assert_allclose(heatmap_to_image(heatmap_points, inv, 4).numpy(), image_points, atol=1e-9)
+    input_points = torch.from_numpy(apply_affine(image_points, fwd)).float()
+    heatmaps, _ = CFG.encode(input_points, torch.ones(1, 2))
+    keypoints, _ = decode_to_image(CFG, heatmaps, inv)
+    # DARK on an exact Gaussian: well under a heatmap pixel, i.e. under 0.6 image px at this scale
+    np.testing.assert_allclose(keypoints.double().numpy(), image_points, atol=0.05)
+
+
+def test_codec_round_trips_through_a_mapping_and_refuses_nonsense():
+    codec = HeatmapCodec(input_size=(96, 128), sigma=3.0, bbox_padding=1.4, decode_method="argmax", shift_heatmap=False)
+    assert HeatmapCodec.from_dict(codec.to_dict()) == codec
+    assert codec.heatmap_size == (24, 32) and codec.aspect_ratio == 0.75
+    with pytest.raises(ValueError, match="unknown codec key"):
+        HeatmapCodec.from_dict({**codec.to_dict(), "gamma": 1})
+    for bad in ({"decode_method": "soft-argmax"}, {"sigma": 0}, {"input_size": (98, 128)}, {"blur_kernel": 4}):
+        with pytest.raises(ValueError):
+            HeatmapCodec(**bad)
+
+
+def test_codec_decode_is_in_input_pixels():
+    kps = random_keypoints(n=4)
+    heatmaps, _ = CFG.encode(kps, torch.ones(4, 17))
+    decoded, _ = CFG.decode(heatmaps)
+    assert (decoded - kps).norm(dim=-1).max() < 0.2
 
 
 def test_flip_pairs():
@@ -129,7 +149,7 @@ def test_flip_test_on_mirror_symmetric_input_is_mirror_symmetric():
     half = torch.randn(1, 3, 128, 64)
     image = torch.cat([half, half.flip(-1)], dim=-1)  # mirror-symmetric 128x128
     with torch.no_grad():
-        heatmaps = predict_with_flip(model, image, COCO17.flip_index)
+        heatmaps = forward_heatmaps(model, image, CFG, COCO17.flip_index)
     # flip_back shifts by one pixel, so the result is symmetric about heatmap x = W/2
     mirrored = heatmaps.flip(-1)[:, COCO17.flip_index]
     torch.testing.assert_close(heatmaps[..., 1:], torch.roll(mirrored, 1, dims=-1)[..., 1:], atol=1e-6, rtol=1e-5)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.bundle import load_bundle
-from model.codec import IMAGENET_MEAN, IMAGENET_STD
+from model.codec import IMAGENET_MEAN, IMAGENET_STD, HeatmapCodec
 from model.runtime import RuntimeConfig, openvino_available
 from service import runtime_choice as rc
 
@@ -23,21 +23,24 @@ def test_calibration_crops_fit_any_input_size():
     assert square[:, :, :4].max() < 30 and square[:, :, 28:36].mean() > 30
 
 
+CODEC = HeatmapCodec(input_size=(96, 128))
+
+
 def test_agreement_is_one_for_equal_heatmaps_and_falls_with_distance():
     torch.manual_seed(0)
     heatmaps = torch.zeros(4, 17, 32, 24)
     ys, xs = torch.randint(4, 28, (4, 17)), torch.randint(4, 20, (4, 17))
     heatmaps[torch.arange(4)[:, None], torch.arange(17)[None], ys, xs] = 1.0
-    assert rc.keypoint_agreement(heatmaps, heatmaps.clone(), 4) == pytest.approx(1.0)
-    near = rc.keypoint_agreement(heatmaps, heatmaps.roll(1, dims=-1), 4)
-    far = rc.keypoint_agreement(heatmaps, heatmaps.roll(3, dims=-1), 4)
+    assert rc.keypoint_agreement(heatmaps, heatmaps.clone(), CODEC) == pytest.approx(1.0)
+    near = rc.keypoint_agreement(heatmaps, heatmaps.roll(1, dims=-1), CODEC)
+    far = rc.keypoint_agreement(heatmaps, heatmaps.roll(3, dims=-1), CODEC)
     assert 1.0 > near > far > 0.0
 
 
 def _select(bundle, cache, **runtime):
     model, meta = load_bundle(bundle)
-    return rc.select_runner(model, tuple(meta.input_size), RuntimeConfig(device="cpu", **runtime), "sha-of-" + bundle.name,
-                            int(meta.heatmap_stride), meta.mean, meta.std, bundle.parent / "onnx", cache)  # fmt: skip
+    return rc.select_runner(model, meta.codec, RuntimeConfig(device="cpu", **runtime), "sha-of-" + bundle.name,
+                            meta.mean, meta.std, bundle.parent / "onnx", cache)  # fmt: skip
 
 
 def test_auto_measures_keeps_the_fastest_that_agrees_and_caches_it(tmp_path):

@@ -9,20 +9,12 @@ import math
 import httpx
 import numpy as np
 import pytest
-import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from model.bundle import load_bundle, sha256
-from model.codec import (
-    bbox_to_center_scale,
-    decode_heatmaps,
-    get_warp_matrix,
-    heatmap_to_image,
-    invert_affine,
-    normalize,
-    warp_crop,
-)
+from model.codec import bbox_to_center_scale
 from model.keypoints import COCO17
+from model.topdown import predict_bboxes
 from service.settings import Settings
 from _service_util import (
     INPUT_SIZE,
@@ -137,22 +129,14 @@ def test_predict_with_client_boxes(client):
 
 
 def test_keypoints_match_an_offline_top_down_pass(client, bundle):
-    """The service's answer equals the codec + eager model run by hand on the same boxes."""
+    """The service's answer equals model/topdown's pass with the eager model on the same boxes."""
     image = noise_image(160, 120, seed=3)
     boxes = [[20, 10, 70, 110], [90, 30, 150, 100]]
     r = post(client, encode(image, ".png"), filename="x.png", boxes=boxes)
     got = np.array([[[k["x"], k["y"]] for k in p["keypoints"]] for p in r.json()["persons"]])
 
-    model, _ = load_bundle(bundle)
-    center, scale = bbox_to_center_scale(np.array(boxes, float), INPUT_SIZE[0] / INPUT_SIZE[1], 1.25)
-    matrices = get_warp_matrix(center, scale, INPUT_SIZE)
-    crops = np.stack([warp_crop(image, m, INPUT_SIZE) for m in matrices])
-    with torch.no_grad():
-        heatmaps = model(normalize(torch.from_numpy(crops).permute(0, 3, 1, 2).float()))
-    keypoints, _ = decode_heatmaps(heatmaps, "dark")
-    keypoints[..., 0].clamp_(0, heatmaps.shape[-1] - 1)
-    keypoints[..., 1].clamp_(0, heatmaps.shape[-2] - 1)
-    expected = heatmap_to_image(keypoints, torch.from_numpy(invert_affine(matrices)), 4).numpy()
+    model, meta = load_bundle(bundle)
+    expected, _ = predict_bboxes(model, image, np.array(boxes, float), meta.codec, meta.mean, meta.std)
     error = np.linalg.norm(got - expected, axis=-1)  # onnxruntime vs eager, and JSON's 2 decimals
     assert np.median(error) < 0.02 and np.mean(error < 0.05) > 0.9, error
 

@@ -1,4 +1,4 @@
-"""Top-down inference over a dataset: crops -> heatmaps (flip test) -> image keypoints."""
+"""Top-down inference over a dataset: model/topdown's pass on every batch of crops."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from model.codec import decode_heatmaps, flip_back, heatmap_to_image
+from model.codec import HeatmapCodec
+from model.topdown import decode_to_image, forward_heatmaps
 from training.config import EvalConfig
 
 
@@ -28,20 +29,18 @@ def predict(
     model.eval()
     indices, keypoints, scores, valid = [], [], [], []
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    codec = None
     for batch in loader:
         inputs = batch["input"].to(device, non_blocking=True)
+        if codec is None:
+            codec = HeatmapCodec(input_size=(inputs.shape[-1], inputs.shape[-2]), decode_method=cfg.decode,
+                                 blur_kernel=cfg.blur_kernel, shift_heatmap=cfg.shift_heatmap)  # fmt: skip
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         n = inputs.shape[0]
         with amp:
-            if cfg.flip_test:
-                out = model(torch.cat([inputs, inputs.flip(-1)], dim=0)).float()
-                heatmaps = (out[:n] + flip_back(out[n:], flip_index, shift=cfg.shift_heatmap)) / 2
-            else:
-                heatmaps = model(inputs).float()
-        kps, conf = decode_heatmaps(heatmaps, cfg.decode, cfg.blur_kernel)
-        stride = inputs.shape[-1] // heatmaps.shape[-1]
-        kps = heatmap_to_image(kps, batch["inv_matrix"].to(device), stride)
+            heatmaps = forward_heatmaps(lambda x: model(x).float(), inputs, codec, flip_index if cfg.flip_test else None)
+        kps, conf = decode_to_image(codec, heatmaps, batch["inv_matrix"].to(device))
         indices.append(batch["index"].numpy())
         keypoints.append(kps.double().cpu().numpy())
         scores.append(conf.float().cpu().numpy())
