@@ -425,10 +425,11 @@ def test_build_context_keeps_what_the_dockerfile_copies_and_drops_the_rest():
     assert (ROOT / "service" / "assets" / "nanodet-m-416-coco.onnx").is_file()
 
 
-def test_smoke_script_is_valid_bash():
-    result = run(["bash", "-n", str(DOCKER / "smoke.sh")])
+@pytest.mark.parametrize("script", ["smoke.sh", "make_cuda_standin_base.sh"])
+def test_docker_scripts_are_valid_bash(script):
+    result = run(["bash", "-n", str(DOCKER / script)])
     assert result.returncode == 0, result.stderr
-    assert os.access(DOCKER / "smoke.sh", os.X_OK)
+    assert os.access(DOCKER / script, os.X_OK)
 
 
 # ---- Kubernetes -------------------------------------------------------------------------------------
