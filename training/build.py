@@ -11,7 +11,7 @@ from model.codec import CodecConfig
 from training.config import AugmentConfig, TrainConfig
 from training.annotations import DatasetError, Instances, concat_instances, load_coco, load_mpii, repeat_instances, require
 from training.evaluation import coco_keypoint_ap, coco_results, load_mpii_gt, mpii_pckh
-from training.transforms import TopDownDataset
+from training.dataset import TopDownDataset
 
 PRIMARY_METRIC = {"coco": "AP", "mpii": "PCKh"}
 
