@@ -105,7 +105,8 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--out", help="also write the metrics to this JSON file")
     args = parser.parse_intermixed_args(argv)
 
-    from training.build import evaluate, val_dataset
+    from training.data import val_dataset
+    from training.evaluation import evaluate
     from training.config import ConfigError, load_config
     from training.annotations import DatasetError
     from training.trainer import autocast_dtype, pick_device

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from model import build_model
 from training import checkpoint as ckpt
-from training.build import PRIMARY_METRIC, evaluate, train_dataset, val_dataset
+from training.data import train_dataset, val_dataset
+from training.evaluation import PRIMARY_METRIC, evaluate
 from training.config import TrainConfig, to_dict
 from training.logger import MetricsLogger, plot_curves
 from training.predict import predict

@@ -1,4 +1,7 @@
-"""From a recipe to datasets and metrics: the only place that knows COCO from MPII."""
+"""From a recipe to the data a run reads: people (``Instances``) and datasets.
+
+With :func:`training.evaluation.evaluate`, the only place that knows COCO from MPII.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,8 @@ import numpy as np
 from model.codec import CodecConfig
 from training.config import AugmentConfig, TrainConfig
 from training.annotations import DatasetError, Instances, concat_instances, load_coco, load_mpii, repeat_instances, require
-from training.evaluation import coco_keypoint_ap, coco_results, load_mpii_gt, mpii_pckh
 from training.dataset import TopDownDataset
-
-PRIMARY_METRIC = {"coco": "AP", "mpii": "PCKh"}
+from training.evaluation import load_mpii_gt
 
 
 def codec_config(cfg: TrainConfig) -> CodecConfig:
@@ -80,30 +81,3 @@ def val_dataset(cfg: TrainConfig) -> TopDownDataset:
         rows = np.flatnonzero(np.isin(instances.image_ids, keep_ids))
         instances = instances.take(rows, {**instances.meta, "image_ids": keep_ids})
     return TopDownDataset(instances, codec_config(cfg), train=False)
-
-
-def evaluate(cfg: TrainConfig, dataset: TopDownDataset, pred: dict[str, np.ndarray]) -> dict[str, float]:
-    """Metrics of predictions for every row of ``dataset`` (rows whose image failed are misses)."""
-    inst = dataset.instances
-    n, k = len(inst), inst.keypoint_set.num_keypoints
-    keypoints = np.zeros((n, k, 2))
-    scores = np.zeros((n, k))
-    valid = np.zeros(n, dtype=bool)
-    keypoints[pred["index"]] = pred["keypoints"]
-    scores[pred["index"]] = pred["scores"]
-    valid[pred["index"]] = pred["valid"]
-    if cfg.data.dataset == "mpii":
-        return mpii_pckh(keypoints, load_mpii_gt(_path(cfg, cfg.data.mpii_gt)))
-    results = coco_results(
-        inst.image_ids[valid],
-        keypoints[valid],
-        scores[valid],
-        inst.bbox_scores[valid],
-        np.prod(inst.scales[valid], axis=1),
-        use_nms=cfg.eval.use_nms,
-        oks_thr=cfg.eval.oks_thr,
-        vis_thr=cfg.eval.vis_thr,
-    )
-    ann = _path(cfg, cfg.data.val_ann)
-    image_ids = inst.meta.get("image_ids")
-    return coco_keypoint_ap(ann, results, image_ids=image_ids)
