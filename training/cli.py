@@ -109,7 +109,7 @@ def eval_main(argv: list[str]) -> int:
     from training.evaluation import evaluate
     from training.config import ConfigError, load_config
     from training.annotations import DatasetError
-    from training.trainer import autocast_dtype, pick_device
+    from training.distributed import autocast_dtype, pick_device
     from training.predict import predict
 
     overrides = list(args.overrides)

@@ -1,29 +1,24 @@
 """The training loop: plain PyTorch, DistributedDataParallel under torchrun, AMP, resume.
 
-One process per device. ``torchrun --nproc_per_node=G`` sets RANK / WORLD_SIZE /
-LOCAL_RANK; without them the run is a single process. The recipe's batch size is the
-total over all processes, so a recipe gives the same optimisation on 1 GPU or 8.
+The recipe's batch size is the total over all processes (:mod:`training.distributed`), so a
+recipe gives the same optimisation on 1 GPU or 8.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import random
 import signal
 import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -31,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from model import build_model
 from training import checkpoint as ckpt
 from training.data import train_dataset, val_dataset
+from training.distributed import autocast_dtype, init_distributed, pick_device, seed_everything
 from training.evaluation import PRIMARY_METRIC, evaluate
 from training.config import TrainConfig, to_dict
 from training.logger import MetricsLogger, plot_curves
@@ -70,60 +66,10 @@ def heatmap_loss(heatmaps: torch.Tensor, target: torch.Tensor, weight: torch.Ten
     return torch.mean((heatmaps.float() * w - target * w) ** 2)
 
 
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(device: torch.device) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
 def _worker_init(_: int) -> None:
     # The loader's processes are the parallelism; OpenCV and torch threads inside them only fight.
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or cfg.run.precision == "fp32":
-        return None
-    return torch.bfloat16 if cfg.run.precision == "bf16" else torch.float16
 
 
 class Trainer:
@@ -241,13 +187,6 @@ class Trainer:
             multiprocessing_context="forkserver" if workers else None,
         )
 
-    def all_mean(self, value: torch.Tensor) -> torch.Tensor:
-        if self.dist.enabled:
-            value = value.clone()
-            dist.all_reduce(value)
-            value /= self.dist.world
-        return value
-
     def sync_buffers(self) -> None:
         """Rank 0's BatchNorm statistics to every rank, as MMCV's DistEvalHook(broadcast_bn_buffer=True).
 
@@ -255,9 +194,7 @@ class Trainer:
         epoch each rank holds the statistics of its own last batch; validation and the
         checkpoint then use rank 0's, on every rank.
         """
-        if self.dist.enabled:
-            for buffer in self.model.buffers():
-                dist.broadcast(buffer, src=0)
+        self.dist.broadcast_buffers(self.model)
 
     def count_skipped(self, batch: dict, dataset) -> None:
         bad = (~batch["valid"]).nonzero().flatten().tolist()
@@ -281,17 +218,12 @@ class Trainer:
         )
         self.model.train()
         if self.dist.enabled:
-            parts: list[Any] = [None] * self.dist.world
-            dist.all_gather_object(parts, pred)
+            parts = self.dist.gather(pred)
             pred = {key: np.concatenate([p[key] for p in parts]) for key in pred}
         for i in np.flatnonzero(~pred["valid"]):
             self.skipped_images.add(self.val_set.instances.image_paths[int(pred["index"][i])])
         metrics = evaluate(cfg, self.val_set, pred) if self.dist.main else {}
-        if self.dist.enabled:
-            box = [metrics]
-            dist.broadcast_object_list(box, src=0)
-            metrics = box[0]
-        return metrics
+        return self.dist.broadcast(metrics)
 
     # ------------------------------------------------------------------ training
 
@@ -348,9 +280,7 @@ class Trainer:
             if logger:
                 logger.close()
         if self.dist.enabled:
-            parts: list[Any] = [None] * self.dist.world
-            dist.all_gather_object(parts, self.skipped_images)
-            self.skipped_images = set().union(*parts)
+            self.skipped_images = set().union(*self.dist.gather(self.skipped_images))
         if self.skipped_images:
             self.print(
                 f"{len(self.skipped_images)} image(s) could not be read and their people were skipped: "
@@ -429,7 +359,7 @@ class Trainer:
                 # One sync per window: every rank reduces the same values, so all stop together.
                 flag = torch.tensor(float(self.stop_requested), device=self.device)
                 late = torch.tensor(float(out_of_time), device=self.device)
-                reduced = self.all_mean(torch.stack([loss_sum / window_steps, flag, late]))
+                reduced = self.dist.all_mean(torch.stack([loss_sum / window_steps, flag, late]))
                 mean_loss = float(reduced[0])
                 if float(reduced[1]) > 0 and not done:
                     done, reason = True, "a stop signal"
