@@ -16,16 +16,14 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 from model import build_model
 from training import checkpoint as ckpt
-from training.data import train_dataset, val_dataset
+from training.data import EpochSampler, data_loader, train_dataset, val_dataset
 from training.distributed import autocast_dtype, init_distributed, pick_device, seed_everything
 from training.evaluation import PRIMARY_METRIC, evaluate
 from training.config import TrainConfig, to_dict
@@ -38,38 +36,10 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-class EpochSampler:
-    """This rank's share of an epoch as ``(epoch, index)`` keys, from a given batch on.
-
-    The order is ``DistributedSampler``'s (seeded, reshuffled by epoch); carrying the epoch in
-    the key lets one set of persistent loader workers serve the whole run.
-    """
-
-    def __init__(self, size: int, world: int, rank: int, seed: int):
-        self.sampler = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.sampler.set_epoch(epoch)
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self):
-        return iter([(self.epoch, i) for i in list(self.sampler)[self.start :]])
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.start
-
-
 def heatmap_loss(heatmaps: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """MMPose's ``JointsMSELoss(use_target_weight=True)``: MSE of weighted heatmaps, mean over all."""
     w = weight[:, :, None, None]
     return torch.mean((heatmaps.float() * w - target * w) ** 2)
-
-
-def _worker_init(_: int) -> None:
-    # The loader's processes are the parallelism; OpenCV and torch threads inside them only fight.
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
 
 
 class Trainer:
@@ -170,23 +140,6 @@ class Trainer:
         if self.dist.main:
             print(*args, file=sys.stderr, flush=True)
 
-    def loader(self, dataset, sampler, batch_size: int, persistent: bool = False) -> DataLoader:
-        workers = self.cfg.data.workers
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=self.cfg.data.pin_memory and self.device.type == "cuda",
-            worker_init_fn=_worker_init if workers else None,
-            prefetch_factor=4 if workers else None,
-            persistent_workers=persistent and workers > 0,
-            # Forking a process that already runs threads (TensorBoard's writer, OpenMP and
-            # onnxruntime pools) can leave a worker deadlocked on a lock copied mid-use; a fork
-            # server starts workers from a clean process instead, once per run.
-            multiprocessing_context="forkserver" if workers else None,
-        )
-
     def sync_buffers(self) -> None:
         """Rank 0's BatchNorm statistics to every rank, as MMCV's DistEvalHook(broadcast_bn_buffer=True).
 
@@ -206,7 +159,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         cfg = self.cfg
         indices = list(range(self.dist.rank, len(self.val_set), self.dist.world))
-        loader = self.loader(self.val_set, indices, cfg.eval.batch_size)
+        loader = data_loader(cfg, self.val_set, indices, cfg.eval.batch_size, self.device)
         pred = predict(
             self.model,
             loader,
@@ -249,7 +202,9 @@ class Trainer:
             self.print(f"already at step {self.step} >= run.max_steps {cfg.run.max_steps}; nothing to do")
             return {"step": self.step, "epoch": self.epoch, "val": self.val_metrics, "best": self.best, "stopped": True}
         self.train_sampler = EpochSampler(len(self.train_set), self.dist.world, self.dist.rank, cfg.run.seed)
-        self.train_loader = self.loader(self.train_set, self.train_sampler, self.batch_size, persistent=True)
+        self.train_loader = data_loader(
+            cfg, self.train_set, self.train_sampler, self.batch_size, self.device, persistent=True
+        )
         previous_handlers = self._catch_signals()
         try:
             while self.epoch < cfg.optim.epochs and not stopped:
