@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
-import threading
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from training.evaluation import PRIMARY_METRIC, evaluate
 from training.config import TrainConfig, to_dict
 from training.logger import MetricsLogger, plot_curves
 from training.predict import predict
+from training.progress import StopSignal, TrainProgress, format_metrics
 from training.schedule import build_scheduler
 
 
@@ -82,7 +80,7 @@ class Trainer:
         self.best: dict[str, Any] = {}
         self.val_metrics: dict[str, float] = {}
         self.skipped_images: set[str] = set()
-        self.stop_requested = False  # set by SIGTERM/SIGINT: checkpoint at the next step, then stop
+        self.stop = StopSignal(self.print)  # SIGTERM/SIGINT: checkpoint at the next step, then stop
         self.resumed = resume
         if resume:
             self.load(self.out_dir / "last.pt")
@@ -196,7 +194,7 @@ class Trainer:
             f"{self.dist.world} process(es) on {self.device}, batch {self.batch_size}/process, "
             f"{self.iters_per_epoch} iterations/epoch"
         )
-        run_start, start_step = time.perf_counter(), self.step
+        progress = TrainProgress(cfg.run, self.dist, self.device, self.stop, logger, total_steps, self.step)
         stopped = False
         if cfg.run.max_steps and self.step >= cfg.run.max_steps:
             self.print(f"already at step {self.step} >= run.max_steps {cfg.run.max_steps}; nothing to do")
@@ -205,10 +203,10 @@ class Trainer:
         self.train_loader = data_loader(
             cfg, self.train_set, self.train_sampler, self.batch_size, self.device, persistent=True
         )
-        previous_handlers = self._catch_signals()
+        self.stop.install()
         try:
             while self.epoch < cfg.optim.epochs and not stopped:
-                stopped = self.train_epoch(logger, total_steps, run_start, start_step)
+                stopped = self.train_epoch(progress)
                 if stopped:
                     break
                 self.sync_buffers()
@@ -230,8 +228,7 @@ class Trainer:
                     ckpt.copy_atomic(path, self.out_dir / "best.pt")
         finally:
             self.train_loader = None  # shuts the persistent workers down
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
+            self.stop.restore()
             if logger:
                 logger.close()
         if self.dist.enabled:
@@ -246,38 +243,16 @@ class Trainer:
             plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png", self.metric)
         return {"step": self.step, "epoch": self.epoch, "val": self.val_metrics, "best": self.best, "stopped": stopped}
 
-    def _catch_signals(self) -> dict:
-        """A kill (SIGTERM from a scheduler, torchrun or Ctrl-C) becomes a checkpoint and a clean stop."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def request_stop(signum, frame):
-            self.print(f"signal {signal.Signals(signum).name}: saving a checkpoint after this step")
-            self.stop_requested = True
-
-        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def train_epoch(self, logger: MetricsLogger | None, total_steps: int, run_start: float, start_step: int) -> bool:
-        """One epoch from ``batch_in_epoch`` on; True when ``run.max_steps`` stopped it early."""
+    def train_epoch(self, progress: TrainProgress) -> bool:
+        """One epoch from ``batch_in_epoch`` on; True when the run stopped in it (``run.max_steps``,
+        ``run.time_limit_s`` or a stop signal)."""
         cfg = self.cfg
         self.train_set.set_epoch(self.epoch)
         self.train_sampler.set_epoch(self.epoch, self.batch_in_epoch * self.batch_size)
         loader = self.train_loader
         self.model.train()
-        bar = None
-        if self.dist.main and cfg.run.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=self.iters_per_epoch,
-                initial=self.batch_in_epoch,
-                desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}",
-                dynamic_ncols=True,
-                file=sys.stderr,
-            )
+        progress.begin_epoch(f"epoch {self.epoch + 1}/{cfg.optim.epochs}", self.iters_per_epoch, self.batch_in_epoch)
         amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        loss_sum = torch.zeros((), device=self.device)
-        window_steps, window_samples, window_start = 0, 0, time.perf_counter()
         for batch in loader:
             inputs = batch["input"].to(self.device, non_blocking=True)
             if cfg.run.channels_last:
@@ -300,26 +275,14 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             self.batch_in_epoch += 1
-            loss_sum += loss.detach()
-            window_steps += 1
-            window_samples += inputs.shape[0] * self.dist.world
+            progress.add(loss, inputs.shape[0] * self.dist.world)
             done = bool(cfg.run.max_steps and self.step >= cfg.run.max_steps)
-            out_of_time = bool(cfg.run.time_limit_s and time.perf_counter() - run_start >= cfg.run.time_limit_s)
-            # As for a stop signal: ranks check the clock only at the shared windows, so all stop together.
-            local_late = out_of_time and not self.dist.enabled
+            out_of_time = progress.out_of_time()
             end_of_epoch = self.batch_in_epoch >= self.iters_per_epoch
-            # A single process stops at the next step; ranks agree on it at the next window.
-            local_stop = self.stop_requested and not self.dist.enabled
-            if window_steps >= cfg.run.log_interval or done or end_of_epoch or local_stop or local_late:
-                # One sync per window: every rank reduces the same values, so all stop together.
-                flag = torch.tensor(float(self.stop_requested), device=self.device)
-                late = torch.tensor(float(out_of_time), device=self.device)
-                reduced = self.dist.all_mean(torch.stack([loss_sum / window_steps, flag, late]))
-                mean_loss = float(reduced[0])
-                if float(reduced[1]) > 0 and not done:
-                    done, reason = True, "a stop signal"
-                elif float(reduced[2]) > 0 and not done:
-                    done, reason = True, "run.time_limit_s"
+            if progress.due(done or end_of_epoch, out_of_time):
+                mean_loss, asked = progress.agree(out_of_time)
+                if asked and not done:
+                    done, reason = True, asked
                 else:
                     reason = "run.max_steps"
                 if not math.isfinite(mean_loss):
@@ -330,42 +293,18 @@ class Trainer:
                         else "no checkpoint had been written yet"
                     )
                     raise NonFiniteLoss(
-                        f"loss became {mean_loss} between steps {self.step - window_steps + 1} and {self.step} "
+                        f"loss became {mean_loss} between steps {self.step - progress.steps + 1} and {self.step} "
                         f"(epoch {self.epoch + 1}); stopping, {kept}. Lower optim.lr or check the data."
                     )
-                elapsed = time.perf_counter() - window_start
-                rate = window_samples / max(elapsed, 1e-9)
-                run_elapsed = time.perf_counter() - run_start
-                eta = run_elapsed / max(1, self.step - start_step) * max(0, total_steps - self.step)
-                if logger:
-                    logger.log("train", self.step, self.epoch + 1, {"loss": mean_loss, "lr": lr, "samples_per_s": rate})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.3e}", lr=f"{lr:.2e}", sps=f"{rate:.0f}", eta=format_seconds(eta))
-                loss_sum.zero_()
-                window_steps, window_samples, window_start = 0, 0, time.perf_counter()
-            if bar is not None:
-                bar.update(1)
+                progress.record(self.step, self.epoch + 1, mean_loss, lr)
+            progress.advance()
             if done:
-                if bar is not None:
-                    bar.close()
+                progress.end_epoch()
                 # At the end of an epoch this saves batch_in_epoch == iters_per_epoch: a resumed
                 # run then finds no batches left, validates and moves on, as this one would have.
                 self.sync_buffers()
                 self.save()
                 self.print(f"stopped at step {self.step} ({reason}); resume with --resume")
                 return True
-        if bar is not None:
-            bar.close()
+        progress.end_epoch()
         return False
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"
-
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-
