@@ -74,11 +74,11 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--out", help="also write the metrics to this JSON file")
     args = parser.parse_intermixed_args(argv)
 
-    from training.data import val_dataset
-    from training.evaluation import evaluate
-    from training.config import ConfigError, load_config
     from training.annotations import DatasetError
+    from training.config import ConfigError, load_config
+    from training.data import val_dataset
     from training.distributed import autocast_dtype, pick_device
+    from training.evaluation import evaluate
     from training.predict import predict
 
     overrides = list(args.overrides)

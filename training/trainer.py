@@ -20,10 +20,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from model import build_model
 from training import checkpoint as ckpt
+from training.config import TrainConfig, to_dict
 from training.data import EpochSampler, data_loader, train_dataset, val_dataset
 from training.distributed import autocast_dtype, init_distributed, pick_device, seed_everything
 from training.evaluation import PRIMARY_METRIC, evaluate
-from training.config import TrainConfig, to_dict
 from training.logger import MetricsLogger, plot_curves
 from training.predict import predict
 from training.progress import StopSignal, TrainProgress, format_metrics
