@@ -222,7 +222,8 @@ def heldout_ap(runner: Callable[[torch.Tensor], torch.Tensor], data_root: Path, 
     """COCO keypoint AP of ``runner`` on ``data_root``'s val split, labelled boxes, no flip (as served)."""
     from torch.utils.data import DataLoader
 
-    from training.build import evaluate, val_dataset
+    from training.data import val_dataset
+    from training.evaluation import evaluate
     from training.config import load_config
     from training.predict import predict
 

@@ -207,7 +207,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = make_dataset(Path(tmp) / "coco", args.images)
         cfg = recipe(root, Path(tmp) / "run", args.models[0], batch, 0, device.type, 1)
-        from training.build import train_dataset
+        from training.data import train_dataset
 
         dataset = train_dataset(cfg)
         print(f"{len(dataset)} people in {args.images} images", file=sys.stderr)

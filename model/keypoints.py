@@ -71,10 +71,3 @@ MPII16 = KeypointSet(
 )
 
 KEYPOINT_SETS: dict[str, KeypointSet] = {"coco": COCO17, "mpii": MPII16}
-
-
-def keypoint_set_for(num_keypoints: int) -> KeypointSet:
-    for kset in KEYPOINT_SETS.values():
-        if kset.num_keypoints == num_keypoints:
-            return kset
-    raise ValueError(f"no keypoint set with {num_keypoints} keypoints")

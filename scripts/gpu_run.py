@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from training.build import train_dataset
+    from training.data import train_dataset
     from training.cli import eval_main, export_main
     from training.config import load_config
     from training.trainer import Trainer

@@ -6,7 +6,7 @@ import torch
 
 from model.codec import IMAGENET_MEAN, IMAGENET_STD, decode_heatmaps
 from model.keypoints import COCO17
-from training.build import train_dataset, val_dataset
+from training.data import train_dataset, val_dataset
 from training.config import config_from_dict
 from training.annotations import DatasetError, load_coco, load_mpii
 

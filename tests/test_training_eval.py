@@ -124,7 +124,8 @@ def test_rescoring_and_oks_nms():
 def test_coco_evaluation_on_detected_boxes_end_to_end(tmp_path):
     """Detections equal to the ground-truth boxes (plus a duplicate and a low-score box), the
     ground-truth keypoints as predictions: rescoring, OKS-NMS and COCOeval give AP 1."""
-    from training.build import evaluate, val_dataset
+    from training.data import val_dataset
+    from training.evaluation import evaluate
     from training.config import config_from_dict
 
     ann_file, anns = _coco_gt(tmp_path)

@@ -3,7 +3,7 @@
 Each loader reads its annotation file into an :class:`Instances` table (one row per
 person: image, center and scale in image pixels, keypoints, visibility, box score), the
 way MMPose 0.29's ``TopDownCocoDataset`` and ``TopDownMpiiDataset`` do. Images are read
-later, one sample at a time, by :class:`training.transforms.TopDownDataset`.
+later, one sample at a time, by :class:`training.dataset.TopDownDataset`.
 """
 
 from __future__ import annotations

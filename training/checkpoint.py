@@ -1,4 +1,5 @@
-"""Atomic checkpoints and the RNG states that make a resumed run identical."""
+"""Atomic checkpoints and the RNG states that make a resumed run identical; loading a
+checkpoint's (or a bundle's) network for fine-tuning, evaluation and export."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from model import build_model
+from model.keypoints import KEYPOINT_SETS
 
 
 def rng_state() -> dict[str, Any]:
@@ -89,3 +93,27 @@ def load_weights(model: torch.nn.Module, path: str | Path, model_name: str) -> N
             f"shape, e.g. {wrong[-1]}: a different keypoint count?)"
         )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()})
+
+
+def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A training checkpoint (``last.pt``/``best.pt``) or a serving bundle -> model (eval) and info."""
+    path = Path(path)
+    if path.suffix in (".json", ".safetensors"):
+        from model.bundle import load_bundle
+
+        model, meta = load_bundle(path)
+        return model, {"model": meta.model, "metrics": meta.metrics, "num_keypoints": meta.num_keypoints}
+    state = load(path)
+    cfg = state["config"]
+    kset = KEYPOINT_SETS[state["keypoint_set"]]
+    model = build_model(cfg["model"]["name"], kset.num_keypoints)
+    model.load_state_dict(state["model"])
+    return model.eval(), {
+        "model": cfg["model"]["name"],
+        "config": cfg,
+        "keypoint_set": kset,
+        "metrics": state.get("val_metrics", {}),
+        "best": state.get("best", {}),
+        "epoch": state.get("epoch"),
+        "step": state.get("step"),
+    }

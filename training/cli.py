@@ -6,12 +6,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from model import build_model
-from model.keypoints import KEYPOINT_SETS
+from training.checkpoint import load_checkpoint_model
 
 
 def _fail(command: str, message: str, code: int = 2) -> int:
@@ -63,35 +61,6 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A training checkpoint (``last.pt``/``best.pt``) or a serving bundle -> model (eval) and info."""
-    path = Path(path)
-    if path.suffix in (".json", ".safetensors"):
-        from model.bundle import load_bundle
-
-        model, meta = load_bundle(path)
-        return model, {"model": meta.model, "metrics": meta.metrics, "num_keypoints": meta.num_keypoints}
-    from training import checkpoint as ckpt
-
-    state = ckpt.load(path)
-    cfg = state["config"]
-    kset = KEYPOINT_SETS[state["keypoint_set"]]
-    model = build_model(cfg["model"]["name"], kset.num_keypoints)
-    model.load_state_dict(state["model"])
-    return model.eval(), {
-        "model": cfg["model"]["name"],
-        "config": cfg,
-        "keypoint_set": kset,
-        "metrics": state.get("val_metrics", {}),
-        "best": state.get("best", {}),
-        "epoch": state.get("epoch"),
-        "step": state.get("step"),
-    }
-
-
 # --------------------------------------------------------------------------- eval
 
 
@@ -105,10 +74,11 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--out", help="also write the metrics to this JSON file")
     args = parser.parse_intermixed_args(argv)
 
-    from training.build import evaluate, val_dataset
-    from training.config import ConfigError, load_config
     from training.annotations import DatasetError
-    from training.trainer import autocast_dtype, pick_device
+    from training.config import ConfigError, load_config
+    from training.data import val_dataset
+    from training.distributed import autocast_dtype, pick_device
+    from training.evaluation import evaluate
     from training.predict import predict
 
     overrides = list(args.overrides)

@@ -8,6 +8,8 @@ over left/right into groups, and a mean weighted by joint counts without pelvis 
 COCO: MMPose's ``TopDownCocoDataset.evaluate`` -- each person's score rescored by the mean
 confidence of its keypoints above ``vis_thr``, OKS-NMS per image, then pycocotools'
 ``COCOeval`` for keypoints with COCO's sigmas.
+
+:func:`evaluate` picks the protocol the recipe's dataset calls for.
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ import contextlib
 import io
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from model.keypoints import COCO17
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
+    from training.dataset import TopDownDataset
+
+# The metric that picks the best checkpoint.
+PRIMARY_METRIC = {"coco": "AP", "mpii": "PCKh"}
 
 MPII_GROUPS = {
     "Head": ("head",),
@@ -184,3 +194,33 @@ def coco_keypoint_ap(
         evaluator.accumulate()
         evaluator.summarize()
     return {name: float(v) for name, v in zip(COCO_STATS, evaluator.stats)}
+
+
+# --------------------------------------------------------------------------- the recipe's protocol
+
+
+def evaluate(cfg: TrainConfig, dataset: TopDownDataset, pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """Metrics of predictions for every row of ``dataset`` (rows whose image failed are misses)."""
+    inst = dataset.instances
+    n, k = len(inst), inst.keypoint_set.num_keypoints
+    keypoints = np.zeros((n, k, 2))
+    scores = np.zeros((n, k))
+    valid = np.zeros(n, dtype=bool)
+    keypoints[pred["index"]] = pred["keypoints"]
+    scores[pred["index"]] = pred["scores"]
+    valid[pred["index"]] = pred["valid"]
+    if cfg.data.dataset == "mpii":
+        return mpii_pckh(keypoints, load_mpii_gt(Path(cfg.data.root) / cfg.data.mpii_gt))
+    results = coco_results(
+        inst.image_ids[valid],
+        keypoints[valid],
+        scores[valid],
+        inst.bbox_scores[valid],
+        np.prod(inst.scales[valid], axis=1),
+        use_nms=cfg.eval.use_nms,
+        oks_thr=cfg.eval.oks_thr,
+        vis_thr=cfg.eval.vis_thr,
+    )
+    ann = Path(cfg.data.root) / cfg.data.val_ann
+    image_ids = inst.meta.get("image_ids")
+    return coco_keypoint_ap(ann, results, image_ids=image_ids)

@@ -1,39 +1,32 @@
 """The training loop: plain PyTorch, DistributedDataParallel under torchrun, AMP, resume.
 
-One process per device. ``torchrun --nproc_per_node=G`` sets RANK / WORLD_SIZE /
-LOCAL_RANK; without them the run is a single process. The recipe's batch size is the
-total over all processes, so a recipe gives the same optimisation on 1 GPU or 8.
+The recipe's batch size is the total over all processes (:mod:`training.distributed`), so a
+recipe gives the same optimisation on 1 GPU or 8.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import random
-import signal
 import sys
-import threading
-import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 from model import build_model
 from training import checkpoint as ckpt
-from training.build import PRIMARY_METRIC, evaluate, train_dataset, val_dataset
 from training.config import TrainConfig, to_dict
+from training.data import EpochSampler, data_loader, train_dataset, val_dataset
+from training.distributed import autocast_dtype, init_distributed, pick_device, seed_everything
+from training.evaluation import PRIMARY_METRIC, evaluate
 from training.logger import MetricsLogger, plot_curves
 from training.predict import predict
+from training.progress import StopSignal, TrainProgress, format_metrics
 from training.schedule import build_scheduler
 
 
@@ -41,88 +34,10 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-class EpochSampler:
-    """This rank's share of an epoch as ``(epoch, index)`` keys, from a given batch on.
-
-    The order is ``DistributedSampler``'s (seeded, reshuffled by epoch); carrying the epoch in
-    the key lets one set of persistent loader workers serve the whole run.
-    """
-
-    def __init__(self, size: int, world: int, rank: int, seed: int):
-        self.sampler = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.sampler.set_epoch(epoch)
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self):
-        return iter([(self.epoch, i) for i in list(self.sampler)[self.start :]])
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.start
-
-
 def heatmap_loss(heatmaps: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """MMPose's ``JointsMSELoss(use_target_weight=True)``: MSE of weighted heatmaps, mean over all."""
     w = weight[:, :, None, None]
     return torch.mean((heatmaps.float() * w - target * w) ** 2)
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-
-def init_distributed(device: torch.device) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def _worker_init(_: int) -> None:
-    # The loader's processes are the parallelism; OpenCV and torch threads inside them only fight.
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or cfg.run.precision == "fp32":
-        return None
-    return torch.bfloat16 if cfg.run.precision == "bf16" else torch.float16
 
 
 class Trainer:
@@ -165,7 +80,7 @@ class Trainer:
         self.best: dict[str, Any] = {}
         self.val_metrics: dict[str, float] = {}
         self.skipped_images: set[str] = set()
-        self.stop_requested = False  # set by SIGTERM/SIGINT: checkpoint at the next step, then stop
+        self.stop = StopSignal(self.print)  # SIGTERM/SIGINT: checkpoint at the next step, then stop
         self.resumed = resume
         if resume:
             self.load(self.out_dir / "last.pt")
@@ -223,30 +138,6 @@ class Trainer:
         if self.dist.main:
             print(*args, file=sys.stderr, flush=True)
 
-    def loader(self, dataset, sampler, batch_size: int, persistent: bool = False) -> DataLoader:
-        workers = self.cfg.data.workers
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=self.cfg.data.pin_memory and self.device.type == "cuda",
-            worker_init_fn=_worker_init if workers else None,
-            prefetch_factor=4 if workers else None,
-            persistent_workers=persistent and workers > 0,
-            # Forking a process that already runs threads (TensorBoard's writer, OpenMP and
-            # onnxruntime pools) can leave a worker deadlocked on a lock copied mid-use; a fork
-            # server starts workers from a clean process instead, once per run.
-            multiprocessing_context="forkserver" if workers else None,
-        )
-
-    def all_mean(self, value: torch.Tensor) -> torch.Tensor:
-        if self.dist.enabled:
-            value = value.clone()
-            dist.all_reduce(value)
-            value /= self.dist.world
-        return value
-
     def sync_buffers(self) -> None:
         """Rank 0's BatchNorm statistics to every rank, as MMCV's DistEvalHook(broadcast_bn_buffer=True).
 
@@ -254,9 +145,7 @@ class Trainer:
         epoch each rank holds the statistics of its own last batch; validation and the
         checkpoint then use rank 0's, on every rank.
         """
-        if self.dist.enabled:
-            for buffer in self.model.buffers():
-                dist.broadcast(buffer, src=0)
+        self.dist.broadcast_buffers(self.model)
 
     def count_skipped(self, batch: dict, dataset) -> None:
         bad = (~batch["valid"]).nonzero().flatten().tolist()
@@ -268,7 +157,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         cfg = self.cfg
         indices = list(range(self.dist.rank, len(self.val_set), self.dist.world))
-        loader = self.loader(self.val_set, indices, cfg.eval.batch_size)
+        loader = data_loader(cfg, self.val_set, indices, cfg.eval.batch_size, self.device)
         pred = predict(
             self.model,
             loader,
@@ -280,17 +169,12 @@ class Trainer:
         )
         self.model.train()
         if self.dist.enabled:
-            parts: list[Any] = [None] * self.dist.world
-            dist.all_gather_object(parts, pred)
+            parts = self.dist.gather(pred)
             pred = {key: np.concatenate([p[key] for p in parts]) for key in pred}
         for i in np.flatnonzero(~pred["valid"]):
             self.skipped_images.add(self.val_set.instances.image_paths[int(pred["index"][i])])
         metrics = evaluate(cfg, self.val_set, pred) if self.dist.main else {}
-        if self.dist.enabled:
-            box = [metrics]
-            dist.broadcast_object_list(box, src=0)
-            metrics = box[0]
-        return metrics
+        return self.dist.broadcast(metrics)
 
     # ------------------------------------------------------------------ training
 
@@ -310,17 +194,19 @@ class Trainer:
             f"{self.dist.world} process(es) on {self.device}, batch {self.batch_size}/process, "
             f"{self.iters_per_epoch} iterations/epoch"
         )
-        run_start, start_step = time.perf_counter(), self.step
+        progress = TrainProgress(cfg.run, self.dist, self.device, self.stop, logger, total_steps, self.step)
         stopped = False
         if cfg.run.max_steps and self.step >= cfg.run.max_steps:
             self.print(f"already at step {self.step} >= run.max_steps {cfg.run.max_steps}; nothing to do")
             return {"step": self.step, "epoch": self.epoch, "val": self.val_metrics, "best": self.best, "stopped": True}
         self.train_sampler = EpochSampler(len(self.train_set), self.dist.world, self.dist.rank, cfg.run.seed)
-        self.train_loader = self.loader(self.train_set, self.train_sampler, self.batch_size, persistent=True)
-        previous_handlers = self._catch_signals()
+        self.train_loader = data_loader(
+            cfg, self.train_set, self.train_sampler, self.batch_size, self.device, persistent=True
+        )
+        self.stop.install()
         try:
             while self.epoch < cfg.optim.epochs and not stopped:
-                stopped = self.train_epoch(logger, total_steps, run_start, start_step)
+                stopped = self.train_epoch(progress)
                 if stopped:
                     break
                 self.sync_buffers()
@@ -342,14 +228,11 @@ class Trainer:
                     ckpt.copy_atomic(path, self.out_dir / "best.pt")
         finally:
             self.train_loader = None  # shuts the persistent workers down
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
+            self.stop.restore()
             if logger:
                 logger.close()
         if self.dist.enabled:
-            parts: list[Any] = [None] * self.dist.world
-            dist.all_gather_object(parts, self.skipped_images)
-            self.skipped_images = set().union(*parts)
+            self.skipped_images = set().union(*self.dist.gather(self.skipped_images))
         if self.skipped_images:
             self.print(
                 f"{len(self.skipped_images)} image(s) could not be read and their people were skipped: "
@@ -360,38 +243,16 @@ class Trainer:
             plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png", self.metric)
         return {"step": self.step, "epoch": self.epoch, "val": self.val_metrics, "best": self.best, "stopped": stopped}
 
-    def _catch_signals(self) -> dict:
-        """A kill (SIGTERM from a scheduler, torchrun or Ctrl-C) becomes a checkpoint and a clean stop."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def request_stop(signum, frame):
-            self.print(f"signal {signal.Signals(signum).name}: saving a checkpoint after this step")
-            self.stop_requested = True
-
-        return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def train_epoch(self, logger: MetricsLogger | None, total_steps: int, run_start: float, start_step: int) -> bool:
-        """One epoch from ``batch_in_epoch`` on; True when ``run.max_steps`` stopped it early."""
+    def train_epoch(self, progress: TrainProgress) -> bool:
+        """One epoch from ``batch_in_epoch`` on; True when the run stopped in it (``run.max_steps``,
+        ``run.time_limit_s`` or a stop signal)."""
         cfg = self.cfg
         self.train_set.set_epoch(self.epoch)
         self.train_sampler.set_epoch(self.epoch, self.batch_in_epoch * self.batch_size)
         loader = self.train_loader
         self.model.train()
-        bar = None
-        if self.dist.main and cfg.run.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=self.iters_per_epoch,
-                initial=self.batch_in_epoch,
-                desc=f"epoch {self.epoch + 1}/{cfg.optim.epochs}",
-                dynamic_ncols=True,
-                file=sys.stderr,
-            )
+        progress.begin_epoch(f"epoch {self.epoch + 1}/{cfg.optim.epochs}", self.iters_per_epoch, self.batch_in_epoch)
         amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        loss_sum = torch.zeros((), device=self.device)
-        window_steps, window_samples, window_start = 0, 0, time.perf_counter()
         for batch in loader:
             inputs = batch["input"].to(self.device, non_blocking=True)
             if cfg.run.channels_last:
@@ -414,26 +275,14 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             self.batch_in_epoch += 1
-            loss_sum += loss.detach()
-            window_steps += 1
-            window_samples += inputs.shape[0] * self.dist.world
+            progress.add(loss, inputs.shape[0] * self.dist.world)
             done = bool(cfg.run.max_steps and self.step >= cfg.run.max_steps)
-            out_of_time = bool(cfg.run.time_limit_s and time.perf_counter() - run_start >= cfg.run.time_limit_s)
-            # As for a stop signal: ranks check the clock only at the shared windows, so all stop together.
-            local_late = out_of_time and not self.dist.enabled
+            out_of_time = progress.out_of_time()
             end_of_epoch = self.batch_in_epoch >= self.iters_per_epoch
-            # A single process stops at the next step; ranks agree on it at the next window.
-            local_stop = self.stop_requested and not self.dist.enabled
-            if window_steps >= cfg.run.log_interval or done or end_of_epoch or local_stop or local_late:
-                # One sync per window: every rank reduces the same values, so all stop together.
-                flag = torch.tensor(float(self.stop_requested), device=self.device)
-                late = torch.tensor(float(out_of_time), device=self.device)
-                reduced = self.all_mean(torch.stack([loss_sum / window_steps, flag, late]))
-                mean_loss = float(reduced[0])
-                if float(reduced[1]) > 0 and not done:
-                    done, reason = True, "a stop signal"
-                elif float(reduced[2]) > 0 and not done:
-                    done, reason = True, "run.time_limit_s"
+            if progress.due(done or end_of_epoch, out_of_time):
+                mean_loss, asked = progress.agree(out_of_time)
+                if asked and not done:
+                    done, reason = True, asked
                 else:
                     reason = "run.max_steps"
                 if not math.isfinite(mean_loss):
@@ -444,42 +293,18 @@ class Trainer:
                         else "no checkpoint had been written yet"
                     )
                     raise NonFiniteLoss(
-                        f"loss became {mean_loss} between steps {self.step - window_steps + 1} and {self.step} "
+                        f"loss became {mean_loss} between steps {self.step - progress.steps + 1} and {self.step} "
                         f"(epoch {self.epoch + 1}); stopping, {kept}. Lower optim.lr or check the data."
                     )
-                elapsed = time.perf_counter() - window_start
-                rate = window_samples / max(elapsed, 1e-9)
-                run_elapsed = time.perf_counter() - run_start
-                eta = run_elapsed / max(1, self.step - start_step) * max(0, total_steps - self.step)
-                if logger:
-                    logger.log("train", self.step, self.epoch + 1, {"loss": mean_loss, "lr": lr, "samples_per_s": rate})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.3e}", lr=f"{lr:.2e}", sps=f"{rate:.0f}", eta=format_seconds(eta))
-                loss_sum.zero_()
-                window_steps, window_samples, window_start = 0, 0, time.perf_counter()
-            if bar is not None:
-                bar.update(1)
+                progress.record(self.step, self.epoch + 1, mean_loss, lr)
+            progress.advance()
             if done:
-                if bar is not None:
-                    bar.close()
+                progress.end_epoch()
                 # At the end of an epoch this saves batch_in_epoch == iters_per_epoch: a resumed
                 # run then finds no batches left, validates and moves on, as this one would have.
                 self.sync_buffers()
                 self.save()
                 self.print(f"stopped at step {self.step} ({reason}); resume with --resume")
                 return True
-        if bar is not None:
-            bar.close()
+        progress.end_epoch()
         return False
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}"
-
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-

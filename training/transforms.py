@@ -1,24 +1,17 @@
-"""The top-down sample: read an image, augment, crop, normalise, and make heatmap targets.
+"""Training augmentation: which crop of the image a sample is (center, scale, rotation, flip).
 
-Training augmentation follows MMPose 0.29's train pipeline, in its order: random center
-shift (COCO), random flip, half-body (COCO), random scale and rotation, affine crop, ImageNet
-normalisation, Gaussian targets with weights. Every random draw of sample ``i`` in epoch
-``e`` comes from a generator seeded by ``(seed, e, i)``, so a sample does not depend on the
-worker that makes it, and a resumed run sees exactly the batches of an uninterrupted one.
+It follows MMPose 0.29's train pipeline, in its order: random center shift (COCO), random
+flip, half-body (COCO), random scale and rotation. The crop itself, normalisation and the
+targets are :class:`training.dataset.TopDownDataset`'s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from model.codec import CodecConfig, apply_affine, encode_heatmaps, get_warp_matrix, normalize, warp_crop
 from training.config import AugmentConfig
-from training.annotations import Instances
 
 
 @dataclass
@@ -101,87 +94,3 @@ def random_crop(
     r = float(np.clip(rng.standard_normal() * rf, -2 * rf, 2 * rf))
     rotation = r if rng.random() <= aug.rotation_prob else 0.0
     return Crop(center, scale, rotation, flip), keypoints, visible
-
-
-class TopDownDataset(Dataset):
-    """One sample per person instance.
-
-    Returns a dict: ``input`` (3, H, W) float32 normalised; ``target`` (K, h, w) and
-    ``target_weight`` (K,) for training; ``inv_matrix`` (2, 3) input -> image; ``index``;
-    ``valid`` (False when the image could not be read: the sample is all zeros then, and
-    the runner counts it).
-    """
-
-    def __init__(
-        self,
-        instances: Instances,
-        codec: CodecConfig,
-        augment: AugmentConfig | None = None,
-        train: bool = False,
-        seed: int = 0,
-    ):
-        self.instances = instances
-        self.codec = codec
-        self.augment = augment or AugmentConfig()
-        self.train = train
-        self.seed = seed
-        self.epoch = 0
-        self.flip_index = instances.keypoint_set.flip_index
-
-    def __len__(self) -> int:
-        return len(self.instances)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def read_image(self, index: int) -> np.ndarray | None:
-        path = self.instances.image_paths[index]
-        try:
-            image = cv2.imread(path, cv2.IMREAD_COLOR)
-        except cv2.error:
-            image = None
-        return image
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """``dataset[i]``, or ``dataset[(epoch, i)]`` as the training sampler asks for it, so that
-        persistent loader workers need not be told the epoch."""
-        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
-        inst = self.instances
-        codec = self.codec
-        w, h = codec.input_size
-        image = self.read_image(index)
-        keypoints, visible = inst.keypoints[index], inst.visible[index]
-        center, scale = inst.centers[index], inst.scales[index]
-        valid = image is not None
-        image_width = image.shape[1] if valid else 1
-        if self.train:
-            rng = np.random.default_rng([self.seed, epoch, index])
-            crop, keypoints, visible = random_crop(
-                center, scale, keypoints, visible, image_width, self.flip_index, codec.aspect_ratio, self.augment, rng
-            )
-        else:
-            crop = Crop(center, scale, 0.0, False)
-        matrix = get_warp_matrix(crop.center, crop.scale, (w, h), crop.rotation)[0]
-        if crop.flip:
-            matrix = compose(matrix, flip_matrix(image_width))
-        if valid:
-            pixels = cv2.cvtColor(warp_crop(image, matrix, (w, h)), cv2.COLOR_BGR2RGB)
-            pixels = torch.from_numpy(pixels).permute(2, 0, 1).float()
-        else:
-            pixels = torch.zeros(3, h, w)
-        sample = {
-            "input": normalize(pixels[None])[0] if valid else pixels,
-            "inv_matrix": torch.from_numpy(get_warp_matrix(crop.center, crop.scale, (w, h), crop.rotation, inv=True)[0]),
-            "index": index,
-            "valid": valid,
-        }
-        if self.train:
-            kps_input = apply_affine(
-                np.asarray(keypoints, dtype=np.float64)[None], get_warp_matrix(crop.center, crop.scale, (w, h), crop.rotation)
-            )[0]
-            target, weight = encode_heatmaps(
-                torch.from_numpy(kps_input).float(), torch.from_numpy(np.asarray(visible)).float() * valid, codec
-            )
-            sample["target"], sample["target_weight"] = target, weight
-            sample["flipped"] = crop.flip
-        return sample

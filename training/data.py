@@ -1,19 +1,24 @@
-"""From a recipe to datasets and metrics: the only place that knows COCO from MPII."""
+"""From a recipe to the data a run reads: people (``Instances``), datasets and their loaders.
+
+With :func:`training.evaluation.evaluate`, the only place that knows COCO from MPII.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterable
 
+import cv2
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from model.codec import CodecConfig
 from training.config import AugmentConfig, TrainConfig
 from training.annotations import DatasetError, Instances, concat_instances, load_coco, load_mpii, repeat_instances, require
-from training.evaluation import coco_keypoint_ap, coco_results, load_mpii_gt, mpii_pckh
-from training.transforms import TopDownDataset
-
-PRIMARY_METRIC = {"coco": "AP", "mpii": "PCKh"}
+from training.dataset import TopDownDataset
+from training.evaluation import load_mpii_gt
 
 
 def codec_config(cfg: TrainConfig) -> CodecConfig:
@@ -82,28 +87,54 @@ def val_dataset(cfg: TrainConfig) -> TopDownDataset:
     return TopDownDataset(instances, codec_config(cfg), train=False)
 
 
-def evaluate(cfg: TrainConfig, dataset: TopDownDataset, pred: dict[str, np.ndarray]) -> dict[str, float]:
-    """Metrics of predictions for every row of ``dataset`` (rows whose image failed are misses)."""
-    inst = dataset.instances
-    n, k = len(inst), inst.keypoint_set.num_keypoints
-    keypoints = np.zeros((n, k, 2))
-    scores = np.zeros((n, k))
-    valid = np.zeros(n, dtype=bool)
-    keypoints[pred["index"]] = pred["keypoints"]
-    scores[pred["index"]] = pred["scores"]
-    valid[pred["index"]] = pred["valid"]
-    if cfg.data.dataset == "mpii":
-        return mpii_pckh(keypoints, load_mpii_gt(_path(cfg, cfg.data.mpii_gt)))
-    results = coco_results(
-        inst.image_ids[valid],
-        keypoints[valid],
-        scores[valid],
-        inst.bbox_scores[valid],
-        np.prod(inst.scales[valid], axis=1),
-        use_nms=cfg.eval.use_nms,
-        oks_thr=cfg.eval.oks_thr,
-        vis_thr=cfg.eval.vis_thr,
+class EpochSampler:
+    """This rank's share of an epoch as ``(epoch, index)`` keys, from a given batch on.
+
+    The order is ``DistributedSampler``'s (seeded, reshuffled by epoch); carrying the epoch in
+    the key lets one set of persistent loader workers serve the whole run.
+    """
+
+    def __init__(self, size: int, world: int, rank: int, seed: int):
+        self.sampler = DistributedSampler(range(size), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        return iter([(self.epoch, i) for i in list(self.sampler)[self.start :]])
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.start
+
+
+def _worker_init(_: int) -> None:
+    # The loader's processes are the parallelism; OpenCV and torch threads inside them only fight.
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def data_loader(
+    cfg: TrainConfig,
+    dataset: Dataset,
+    sampler: Iterable,
+    batch_size: int,
+    device: torch.device,
+    persistent: bool = False,
+) -> DataLoader:
+    workers = cfg.data.workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=cfg.data.pin_memory and device.type == "cuda",
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=persistent and workers > 0,
+        # Forking a process that already runs threads (TensorBoard's writer, OpenMP and
+        # onnxruntime pools) can leave a worker deadlocked on a lock copied mid-use; a fork
+        # server starts workers from a clean process instead, once per run.
+        multiprocessing_context="forkserver" if workers else None,
     )
-    ann = _path(cfg, cfg.data.val_ann)
-    image_ids = inst.meta.get("image_ids")
-    return coco_keypoint_ap(ann, results, image_ids=image_ids)
