@@ -230,7 +230,7 @@ def heldout_ap(runner: Callable[[torch.Tensor], torch.Tensor], data_root: Path, 
     cfg = load_config(config, [f"data.root={data_root}", "eval.flip_test=false", "data.workers=0"])
     dataset = val_dataset(cfg)
     loader = DataLoader(dataset, batch_size=8, shuffle=False, num_workers=0)
-    pred = predict(_RunnerModule(runner), loader, dataset.instances.keypoint_set.flip_index, cfg.eval, torch.device("cpu"))
+    pred = predict(_RunnerModule(runner), loader, dataset.codec, None, torch.device("cpu"))
     return evaluate(cfg, dataset, pred)["AP"]
 
 

@@ -98,9 +98,6 @@ class HeatmapCodec:
         return cls(**data)
 
 
-CodecConfig = HeatmapCodec  # the old name, until training/ moves over
-
-
 # --------------------------------------------------------------------------- boxes, affine
 
 

@@ -24,7 +24,7 @@ def test_recipes_hold_the_papers_schedule(size, dataset):
     a = cfg.augment
     assert (a.flip_prob, a.scale_factor, a.rotation_factor, a.rotation_prob) == (0.5, 0.5, 40, 0.6)
     assert a.half_body_prob == (0.3 if dataset == "coco" else 0.0)
-    assert cfg.eval.flip_test and cfg.eval.decode == "dark"
+    assert cfg.eval.flip_test and cfg.codec.decode_method == "dark"
 
 
 def test_overrides_are_typed_by_the_dataclass(tmp_path):

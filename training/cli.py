@@ -70,7 +70,7 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("checkpoint", help="last.pt / best.pt, or a serving bundle (.json/.safetensors)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None, help="default: the recipe's (on)")
-    parser.add_argument("--decode", choices=["dark", "argmax"], default=None, help="default: the recipe's (dark)")
+    parser.add_argument("--decode", choices=["dark", "argmax"], default=None, help="default: the recipe's codec.decode_method (dark)")
     parser.add_argument("--out", help="also write the metrics to this JSON file")
     args = parser.parse_intermixed_args(argv)
 
@@ -85,7 +85,7 @@ def eval_main(argv: list[str]) -> int:
     if args.flip_test is not None:
         overrides.append(f"eval.flip_test={str(args.flip_test).lower()}")
     if args.decode:
-        overrides.append(f"eval.decode={args.decode}")
+        overrides.append(f"codec.decode_method={args.decode}")
     try:
         cfg = load_config(args.config, overrides)
         dataset = val_dataset(cfg)
@@ -106,10 +106,11 @@ def eval_main(argv: list[str]) -> int:
         num_workers=cfg.data.workers,
         multiprocessing_context="forkserver" if cfg.data.workers else None,
     )
-    pred = predict(model, loader, kset.flip_index, cfg.eval, device, autocast_dtype(cfg, device), cfg.run.channels_last)
+    flip_index = kset.flip_index if cfg.eval.flip_test else None
+    pred = predict(model, loader, dataset.codec, flip_index, device, autocast_dtype(cfg, device), cfg.run.channels_last)
     metrics = evaluate(cfg, dataset, pred)
     skipped = int((~pred["valid"]).sum())
-    report = {"checkpoint": str(args.checkpoint), "flip_test": cfg.eval.flip_test, "decode": cfg.eval.decode,
+    report = {"checkpoint": str(args.checkpoint), "flip_test": cfg.eval.flip_test, "decode": cfg.codec.decode_method,
               "people": len(dataset), "skipped_unreadable": skipped, "metrics": metrics}  # fmt: skip
     if skipped:
         print(f"hevitpose eval: {skipped} people skipped: their image could not be read", file=sys.stderr)
@@ -135,6 +136,7 @@ def export_main(argv: list[str]) -> int:
 
     from model.bundle import BundleMeta, save_bundle
     from model.onnx import check_onnx, export_onnx
+    from training.config import ConfigError, codec_from_config, config_from_dict
 
     try:
         model, info = load_checkpoint_model(args.checkpoint)
@@ -142,16 +144,21 @@ def export_main(argv: list[str]) -> int:
         return _fail("export", str(exc))
     if "config" not in info:
         return _fail("export", f"{args.checkpoint} is not a training checkpoint")
-    cfg = info["config"]
-    name = args.name or cfg["name"]
-    input_size = [int(v) for v in cfg["model"]["input_size"]]
-    metrics = dict(info["metrics"])
+    try:
+        cfg = config_from_dict(info["config"])
+    except ConfigError as exc:
+        return _fail("export", f"{args.checkpoint}: its recipe no longer reads: {exc}")
+    name = args.name or cfg.name
+    codec = codec_from_config(cfg)
+    input_size = codec.input_size
+    # flip_test: the condition the metrics were measured under (serving decides per request)
+    metrics = {"dataset": cfg.data.dataset, "epoch": info["epoch"], "step": info["step"],
+               "flip_test": cfg.eval.flip_test, **info["metrics"]}  # fmt: skip
     meta = BundleMeta.for_model(
         info["model"],
         info["keypoint_set"],
-        input_size=input_size,
-        metrics={"dataset": cfg["data"]["dataset"], "epoch": info["epoch"], "step": info["step"],
-                 "flip_test": cfg["eval"]["flip_test"], "decode": cfg["eval"]["decode"], **metrics},  # fmt: skip
+        codec=codec,
+        metrics=metrics,
         description=f"{info['model']} trained with recipe {name} for {info['epoch']} epochs",
     )
     out_dir = Path(args.out_dir)

@@ -7,23 +7,25 @@ checks the result; an unknown key or a value of the wrong type is an error namin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from model import MODEL_NAMES
+from model import HEATMAP_STRIDE, MODEL_NAMES
+from model.codec import HeatmapCodec
 
 
 @dataclass
 class ModelConfig:
     name: str = "hevitpose-b"
     input_size: tuple[int, int] = (256, 256)  # (width, height), multiples of 32
-    sigma: float = 2.0  # heatmap target Gaussian, heatmap pixels
     # Fine-tuning: start from these network weights (a bundle's .json/.safetensors or a training
     # checkpoint .pt) instead of a random initialisation; optimiser and schedule start afresh.
     init_from: str = ""
@@ -67,7 +69,20 @@ class AugmentConfig:
     rotation_prob: float = 0.6
     center_shift_prob: float = 0.0
     center_shift_factor: float = 0.16
-    bbox_padding: float = 1.25
+
+
+@dataclass
+class CodecConfig:
+    """The heatmap codec (model.codec.HeatmapCodec) but its input size, which is ``model.input_size``.
+
+    Export writes it into the bundle, so the service crops and decodes as training did.
+    """
+
+    sigma: float = 2.0  # heatmap target Gaussian, heatmap pixels
+    bbox_padding: float = 1.25  # box -> crop
+    decode_method: Literal["dark", "argmax"] = "dark"
+    blur_kernel: int = 11  # DARK's blur
+    shift_heatmap: bool = True  # flip test: MMPose's one-pixel shift of the flipped heatmaps
 
 
 @dataclass
@@ -88,9 +103,6 @@ class EvalConfig:
     interval: int = 10  # epochs between validations; the last epoch is always validated
     batch_size: int = 64  # per process
     flip_test: bool = True
-    shift_heatmap: bool = True
-    decode: Literal["dark", "argmax"] = "dark"
-    blur_kernel: int = 11
     # COCO only, MMPose's rescoring and OKS-NMS on detected boxes.
     use_nms: bool = True
     oks_thr: float = 0.9
@@ -120,6 +132,7 @@ class RunConfig:
 class TrainConfig:
     name: str = "hevitpose_b_coco"
     model: ModelConfig = field(default_factory=ModelConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -133,6 +146,31 @@ class TrainConfig:
 
 class ConfigError(ValueError):
     pass
+
+
+# Keys that lived elsewhere before the recipe had a codec section: recipes and training checkpoints
+# written then still load, with their values moved (and a warning).
+MOVED_KEYS = {
+    ("model", "sigma"): ("codec", "sigma"),
+    ("augment", "bbox_padding"): ("codec", "bbox_padding"),
+    ("eval", "decode"): ("codec", "decode_method"),
+    ("eval", "blur_kernel"): ("codec", "blur_kernel"),
+    ("eval", "shift_heatmap"): ("codec", "shift_heatmap"),
+}
+
+
+def move_old_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    for (old_section, old_key), (new_section, new_key) in MOVED_KEYS.items():
+        section = raw.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        target = raw.setdefault(new_section, {})
+        if new_key in target and target[new_key] != value:
+            raise ConfigError(f"{old_section}.{old_key}={value!r} disagrees with {new_section}.{new_key}={target[new_key]!r}")
+        target[new_key] = value
+        warnings.warn(f"recipe key {old_section}.{old_key} is now {new_section}.{new_key}", FutureWarning, stacklevel=3)
+    return raw
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -231,11 +269,29 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("data.train_repeat and data.extra_train_repeat must be at least 1")
     if cfg.optim.epochs <= 0:
         raise ConfigError("optim.epochs must be positive")
+    try:
+        codec_from_config(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc).replace("codec ", "codec.", 1)) from None
     return cfg
 
 
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
-    return validate(_build(TrainConfig, raw))
+    return validate(_build(TrainConfig, move_old_keys(copy.deepcopy(raw))))
+
+
+def codec_from_config(cfg: TrainConfig) -> HeatmapCodec:
+    """The one codec of a recipe: what the datasets encode with, evaluation decodes with, and export saves."""
+    c = cfg.codec
+    return HeatmapCodec(
+        input_size=tuple(cfg.model.input_size),
+        heatmap_stride=HEATMAP_STRIDE,
+        sigma=c.sigma,
+        bbox_padding=c.bbox_padding,
+        decode_method=c.decode_method,
+        blur_kernel=c.blur_kernel,
+        shift_heatmap=c.shift_heatmap,
+    )
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

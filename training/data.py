@@ -14,15 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from model.codec import CodecConfig
-from training.config import AugmentConfig, TrainConfig
+from training.config import AugmentConfig, TrainConfig, codec_from_config
 from training.annotations import DatasetError, Instances, concat_instances, load_coco, load_mpii, repeat_instances, require
 from training.dataset import TopDownDataset
 from training.evaluation import load_mpii_gt
-
-
-def codec_config(cfg: TrainConfig) -> CodecConfig:
-    return CodecConfig(input_size=tuple(cfg.model.input_size), sigma=cfg.model.sigma, blur_kernel=cfg.eval.blur_kernel)
 
 
 def _path(cfg: TrainConfig, rel: str) -> Path:
@@ -41,7 +36,7 @@ def load_instances(cfg: TrainConfig, split: str) -> Instances:
     if det is not None and not Path(det).is_absolute():
         det = str(_path(cfg, det))
     aspect = cfg.model.input_size[0] / cfg.model.input_size[1]
-    instances = load_coco(ann, images, aspect, cfg.augment.bbox_padding, det, d.det_bbox_thr, d.keypoint_score_weights)
+    instances = load_coco(ann, images, aspect, cfg.codec.bbox_padding, det, d.det_bbox_thr, d.keypoint_score_weights)
     if split != "train":
         return instances
     parts = [repeat_instances(instances, d.train_repeat)]
@@ -52,7 +47,7 @@ def load_instances(cfg: TrainConfig, split: str) -> Instances:
             root / "annotations/person_keypoints_train.json",
             root / "images/train",
             aspect,
-            cfg.augment.bbox_padding,
+            cfg.codec.bbox_padding,
             keypoint_scores=d.keypoint_score_weights,
         )
         parts.append(repeat_instances(extra, times))
@@ -66,7 +61,7 @@ def train_dataset(cfg: TrainConfig) -> TopDownDataset:
 
         ids = COCO_UPPER_BODY if cfg.data.dataset == "coco" else MPII_UPPER_BODY
         aug = AugmentConfig(**{**aug.__dict__, "upper_body_ids": ids})
-    return TopDownDataset(load_instances(cfg, "train"), codec_config(cfg), aug, train=True, seed=cfg.run.seed)
+    return TopDownDataset(load_instances(cfg, "train"), codec_from_config(cfg), aug, train=True, seed=cfg.run.seed)
 
 
 def val_dataset(cfg: TrainConfig) -> TopDownDataset:
@@ -84,7 +79,7 @@ def val_dataset(cfg: TrainConfig) -> TopDownDataset:
         keep_ids = list(dict.fromkeys(instances.image_ids.tolist()))[: cfg.run.max_val_samples]
         rows = np.flatnonzero(np.isin(instances.image_ids, keep_ids))
         instances = instances.take(rows, {**instances.meta, "image_ids": keep_ids})
-    return TopDownDataset(instances, codec_config(cfg), train=False)
+    return TopDownDataset(instances, codec_from_config(cfg), train=False)
 
 
 class EpochSampler:

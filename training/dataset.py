@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.codec import CodecConfig, apply_affine, encode_heatmaps, get_warp_matrix, normalize, warp_crop
+from model.codec import HeatmapCodec, apply_affine, get_warp_matrix, normalize, warp_crop
 from training.config import AugmentConfig
 from training.annotations import Instances
 from training.transforms import Crop, compose, flip_matrix, random_crop
@@ -32,7 +32,7 @@ class TopDownDataset(Dataset):
     def __init__(
         self,
         instances: Instances,
-        codec: CodecConfig,
+        codec: HeatmapCodec,
         augment: AugmentConfig | None = None,
         train: bool = False,
         seed: int = 0,
@@ -96,8 +96,8 @@ class TopDownDataset(Dataset):
             kps_input = apply_affine(
                 np.asarray(keypoints, dtype=np.float64)[None], get_warp_matrix(crop.center, crop.scale, (w, h), crop.rotation)
             )[0]
-            target, weight = encode_heatmaps(
-                torch.from_numpy(kps_input).float(), torch.from_numpy(np.asarray(visible)).float() * valid, codec
+            target, weight = codec.encode(
+                torch.from_numpy(kps_input).float(), torch.from_numpy(np.asarray(visible)).float() * valid
             )
             sample["target"], sample["target_weight"] = target, weight
             sample["flipped"] = crop.flip

@@ -11,35 +11,33 @@ from torch.utils.data import DataLoader
 
 from model.codec import HeatmapCodec
 from model.topdown import decode_to_image, forward_heatmaps
-from training.config import EvalConfig
 
 
 @torch.no_grad()
 def predict(
     model: nn.Module,
     loader: DataLoader,
-    flip_index: list[int],
-    cfg: EvalConfig,
+    codec: HeatmapCodec,
+    flip_index: list[int] | None,
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     progress=None,
 ) -> dict[str, np.ndarray]:
-    """Returns ``index`` (N,), ``keypoints`` (N, K, 2) image px, ``scores`` (N, K), ``valid`` (N,)."""
+    """Returns ``index`` (N,), ``keypoints`` (N, K, 2) image px, ``scores`` (N, K), ``valid`` (N,).
+
+    ``flip_index`` turns the flip test on (None: off); ``codec`` is the dataset's, the recipe's codec.
+    """
     model.eval()
     indices, keypoints, scores, valid = [], [], [], []
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    codec = None
     for batch in loader:
         inputs = batch["input"].to(device, non_blocking=True)
-        if codec is None:
-            codec = HeatmapCodec(input_size=(inputs.shape[-1], inputs.shape[-2]), decode_method=cfg.decode,
-                                 blur_kernel=cfg.blur_kernel, shift_heatmap=cfg.shift_heatmap)  # fmt: skip
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         n = inputs.shape[0]
         with amp:
-            heatmaps = forward_heatmaps(lambda x: model(x).float(), inputs, codec, flip_index if cfg.flip_test else None)
+            heatmaps = forward_heatmaps(lambda x: model(x).float(), inputs, codec, flip_index)
         kps, conf = decode_to_image(codec, heatmaps, batch["inv_matrix"].to(device))
         indices.append(batch["index"].numpy())
         keypoints.append(kps.double().cpu().numpy())

@@ -161,8 +161,8 @@ class Trainer:
         pred = predict(
             self.model,
             loader,
-            self.keypoint_set.flip_index,
-            cfg.eval,
+            self.val_set.codec,
+            self.keypoint_set.flip_index if cfg.eval.flip_test else None,
             self.device,
             self.amp_dtype,
             cfg.run.channels_last,
