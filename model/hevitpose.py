@@ -1,7 +1,7 @@
 """HEViTPose (Wu, Tan and Li, 2023, arXiv:2311.13615) and the EfficientViT-M4 rows of its ablations.
 
 The configuration that reproduces every published parameter and GFLOPs count is written up
-in ``shared/notes/architecture.md``; in short: Table 2's G and L rows are swapped, the
+in ``docs/model.md``; in short: Table 2's G and L rows are swapped, the
 attention of a block is shared by its groups, and the spatial reduction overlaps.
 
 Shapes for a (N, 3, H, W) input:

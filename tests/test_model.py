@@ -20,7 +20,7 @@ def test_every_model_has_a_paper_row():
 
 
 def test_full_count_includes_attention():
-    # shared/notes/architecture.md: about 5.69 G for B and 1.76 G for T when everything is counted.
+    # docs/model.md: about 5.69 G for B and 1.76 G for T when everything is counted.
     assert full_macs(build_model("hevitpose-b", 16), (3, 256, 256)) / 1e9 == pytest.approx(5.69, abs=0.01)
     assert full_macs(build_model("hevitpose-t", 16), (3, 256, 256)) / 1e9 == pytest.approx(1.76, abs=0.01)
 

@@ -22,7 +22,6 @@ def predict(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
-    progress=None,
 ) -> dict[str, np.ndarray]:
     """Returns ``index`` (N,), ``keypoints`` (N, K, 2) image px, ``scores`` (N, K), ``valid`` (N,).
 
@@ -35,7 +34,6 @@ def predict(
         inputs = batch["input"].to(device, non_blocking=True)
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        n = inputs.shape[0]
         with amp:
             heatmaps = forward_heatmaps(lambda x: model(x).float(), inputs, codec, flip_index)
         kps, conf = decode_to_image(codec, heatmaps, batch["inv_matrix"].to(device))
@@ -43,8 +41,6 @@ def predict(
         keypoints.append(kps.double().cpu().numpy())
         scores.append(conf.float().cpu().numpy())
         valid.append(np.asarray(batch["valid"], dtype=bool))
-        if progress is not None:
-            progress.update(n)
     if not indices:
         return {"index": np.zeros(0, int), "keypoints": np.zeros((0, 0, 2)), "scores": np.zeros((0, 0)), "valid": np.zeros(0, bool)}
     return {
