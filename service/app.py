@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
-import logging
-import re
-import time
-import uuid
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import coco_format, errors, imaging, render, video_routes
+from service.middleware import (
+    AccessLogMiddleware,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    MultipartOnlyMiddleware,
+    RequestIdMiddleware,
+    RequestMetricsMiddleware,
+)
 from service.pose_service import PoseService
-from service.logs import request_id_var
-from service.metrics import ENDPOINTS
 from service.schemas import (
     PROBLEM_RESPONSES,
     BatchResponse,
@@ -31,137 +30,6 @@ from service.schemas import (
     parse_boxes,
 )
 from service.settings import DetectorMode, Settings
-
-access_log = logging.getLogger("service.access")
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-VIDEO_PATHS = ("/v1/predict/video", "/v1/render/video")  # their body limit is HEVITPOSE_VIDEO_MAX_BYTES
-# Open with HEVITPOSE_API_KEY set: probes and Prometheus carry no key, and these leak nothing a client sends.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
-class BodyTooLarge(StarletteHTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body exceeds {limit} bytes")
-
-
-class ServiceMiddleware:
-    """Request id, body-size and content-type checks, request metrics and the access log.
-
-    A plain ASGI middleware rather than ``@app.middleware``: it must count body bytes as
-    they arrive, before the multipart parser has buffered a too-large upload.
-    """
-
-    def __init__(self, app: ASGIApp, service: PoseService) -> None:
-        self.app = app
-        self.service = service
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        given = headers.get("x-request-id", "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        token = request_id_var.set(request_id)
-        start = time.perf_counter()
-        status = 500
-        settings = self.service.settings
-        limit = settings.video_max_bytes if scope["path"] in VIDEO_PATHS else settings.max_body_bytes
-        received = 0
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
-            await send(message)
-
-        async def receive_counted() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(limit)
-            return message
-
-        try:
-            problem = self._precheck(scope, headers, limit)
-            if problem is not None:
-                self.service.count_rejection(problem)
-                await errors.problem_response(problem, request_id)(scope, receive, send_with_id)
-            else:
-                await self.app(scope, receive_counted, send_with_id)
-        finally:
-            elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            # Refusals sent before routing (413, 415 here) still count under their endpoint.
-            endpoint = getattr(route, "path", None) or (scope["path"] if scope["path"] in ENDPOINTS else "other")
-            metrics = self.service.metrics
-            metrics.requests.labels(endpoint, str(status)).inc()
-            metrics.request_duration.labels(endpoint).observe(elapsed)
-            access_log.info(
-                "request",
-                extra={"method": scope["method"], "path": scope["path"], "status": status,
-                       "duration_ms": round(elapsed * 1e3, 2), "bytes_in": received},
-            )  # fmt: skip
-            request_id_var.reset(token)
-
-    @staticmethod
-    def _precheck(scope: Scope, headers: dict[str, str], limit: int) -> errors.Problem | None:
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return errors.too_large(f"the request body ({length} bytes) exceeds {limit} bytes")
-        if scope["method"] == "POST" and scope["path"].startswith("/v1/"):
-            content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-            if content_type != "multipart/form-data":
-                field = "video" if scope["path"] in VIDEO_PATHS else "image"
-                return errors.unsupported_media_type(
-                    f"send multipart/form-data with a '{field}' file field, not {content_type or 'no content type'}"
-                )
-        return None
-
-
-class ApiKeyMiddleware:
-    """With ``HEVITPOSE_API_KEY`` set: every HTTP and WebSocket route but :data:`OPEN_PATHS` needs
-    ``Authorization: Bearer <key>``; otherwise a 401 problem with ``WWW-Authenticate: Bearer``.
-
-    ASGI rather than a dependency, so that unknown paths, ``/docs`` and the WebSocket handshake are
-    covered by the same check. Installed inside :class:`ServiceMiddleware`, so a refusal still gets
-    its request id, metrics and access line.
-    """
-
-    def __init__(self, app: ASGIApp, service: PoseService) -> None:
-        self.app = app
-        self.service = service
-        self.key = service.settings.api_key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS or self._authorized(scope):
-            await self.app(scope, receive, send)
-            return
-        problem = errors.Problem(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'",
-                                 {"WWW-Authenticate": 'Bearer realm="hevitpose"'})  # fmt: skip
-        self.service.count_rejection(problem)
-        if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
-            # A server without WebSocket denial responses: closing before accept refuses the
-            # handshake (uvicorn answers 403); 1008 is "policy violation".
-            await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
-            return
-        request_id = scope.get("state", {}).get("request_id")
-        await errors.problem_response(problem, request_id)(scope, receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        for name, value in scope["headers"]:
-            if name == b"authorization":  # ASGI lower-cases header names
-                scheme, _, token = value.partition(b" ")
-                # compare_digest: the time taken must not tell how much of a guessed key was right
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
-        return False
-
 
 # Form fields shared by the three POST routes.
 BoxesField = Annotated[
@@ -195,9 +63,16 @@ def create_app(settings: Settings | None = None, service: PoseService | None = N
         lifespan=lifespan,
     )
     app.state.service = service
+    # The last added runs first. Outermost the request id, so that everything inside logs it and
+    # every answer carries it; then the access log and the request metrics, so that the refusals of
+    # the checks inside them (413, 415, 401) are logged and counted like any answer.
     if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, service=service)  # added first: runs inside ServiceMiddleware
-    app.add_middleware(ServiceMiddleware, service=service)
+        app.add_middleware(ApiKeyMiddleware, service=service)
+    app.add_middleware(MultipartOnlyMiddleware, service=service)
+    app.add_middleware(BodyLimitMiddleware, service=service)  # before the 415: a huge body is a 413 whatever it is
+    app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(video_routes.router)
     errors.install_handlers(app, service.count_rejection)
 

@@ -24,7 +24,7 @@ from pycocotools.cocoeval import COCOeval
 
 from model.keypoints import COCO17, MPII16
 from service import coco_format, errors
-from service.app import ApiKeyMiddleware
+from service.middleware import ApiKeyMiddleware
 from service.settings import Settings
 from _service_util import ServerThread, encode, make_bundle, noise_image
 from test_service_video import ColourDetector, draw_frame, write_video
