@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import Depends, Form
 from starlette.requests import HTTPConnection
 
@@ -36,7 +37,7 @@ class ImageFields:
     min_score: float
     max_persons: int | None
 
-    def options(self, service: PoseService, boxes) -> PredictOptions:
+    def options(self, service: PoseService, boxes: np.ndarray | None) -> PredictOptions:
         """The options of one image, with its parsed ``boxes`` (or ``None``); 422 when they clash."""
         s = service.settings
         return make_options(self.detector, boxes, self.flip_test, self.min_score, self.max_persons,

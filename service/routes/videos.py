@@ -97,10 +97,10 @@ async def _ndjson(
     try:
         async for frame, _ in frames:
             if coco:
-                line = CocoEntries.dump_json(coco_format.entries(frame.persons, frame.index))  # type: ignore[arg-type]
+                line = CocoEntries.dump_json(coco_format.entries(frame.persons, frame.index)).decode()  # type: ignore[arg-type]
             else:
-                line = frame.model_dump_json().encode()
-            yield line.decode() + "\n"
+                line = frame.model_dump_json()
+            yield line + "\n"
     except errors.Problem as exc:
         service.count_rejection(exc)
         body = json.loads(errors.problem_response(exc, getattr(request.state, "request_id", None)).body)
