@@ -18,7 +18,16 @@ from service import coco_format, errors, render
 from service.deps import ServiceDep, VideoFields, VideoForm
 from service.pose_service import PoseService
 from service.schemas import PROBLEM_RESPONSES, TrackedCocoEntry, VideoFrame, VideoResponse
-from service.video import DEFAULT_FPS, Mp4Writer, PoseSession, VideoSource, session_options, spool_upload, video_frames
+from service.video import (
+    DEFAULT_FPS,
+    Mp4Writer,
+    PoseSession,
+    SessionOptions,
+    VideoSource,
+    session_options,
+    spool_upload,
+    video_frames,
+)
 
 router = APIRouter()
 
@@ -33,7 +42,7 @@ FormatField = Annotated[Literal["json", "coco"], Form(
 CocoEntries = TypeAdapter(list[TrackedCocoEntry])
 
 
-def options_for(service: PoseService, f: VideoFields):
+def options_for(service: PoseService, f: VideoFields) -> SessionOptions:
     return session_options(service, f.detector, f.flip_test, f.min_score, f.max_persons, f.detect_every, f.smooth)
 
 
