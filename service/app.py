@@ -1,179 +1,27 @@
-"""HTTP routes of the pose service (FastAPI); the work itself happens in :mod:`service.pose_service`."""
+"""The FastAPI app of the pose service: settings, lifespan, middlewares, routers, error handlers.
+
+The routes live in :mod:`service.routes`, the work in :mod:`service.pose_service`.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hmac
-import logging
-import re
-import time
-import uuid
-from typing import Annotated, Literal
+from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi import FastAPI
 
-from service import coco_format, errors, imaging, render, video_routes
-from service.pose_service import PoseService
-from service.logs import request_id_var
-from service.metrics import ENDPOINTS
-from service.schemas import (
-    PROBLEM_RESPONSES,
-    BatchResponse,
-    ModelsResponse,
-    PredictOptions,
-    PredictResponse,
-    boxes_from_json,
-    make_options,
-    parse_boxes,
+from service import errors
+from service.middleware import (
+    AccessLogMiddleware,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    MultipartOnlyMiddleware,
+    RequestIdMiddleware,
+    RequestMetricsMiddleware,
 )
-from service.settings import DetectorMode, Settings
-
-access_log = logging.getLogger("service.access")
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-VIDEO_PATHS = ("/v1/predict/video", "/v1/render/video")  # their body limit is HEVITPOSE_VIDEO_MAX_BYTES
-# Open with HEVITPOSE_API_KEY set: probes and Prometheus carry no key, and these leak nothing a client sends.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
-class BodyTooLarge(StarletteHTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body exceeds {limit} bytes")
-
-
-class ServiceMiddleware:
-    """Request id, body-size and content-type checks, request metrics and the access log.
-
-    A plain ASGI middleware rather than ``@app.middleware``: it must count body bytes as
-    they arrive, before the multipart parser has buffered a too-large upload.
-    """
-
-    def __init__(self, app: ASGIApp, service: PoseService) -> None:
-        self.app = app
-        self.service = service
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        given = headers.get("x-request-id", "")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        token = request_id_var.set(request_id)
-        start = time.perf_counter()
-        status = 500
-        settings = self.service.settings
-        limit = settings.video_max_bytes if scope["path"] in VIDEO_PATHS else settings.max_body_bytes
-        received = 0
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [(b"x-request-id", request_id.encode())]
-            await send(message)
-
-        async def receive_counted() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(limit)
-            return message
-
-        try:
-            problem = self._precheck(scope, headers, limit)
-            if problem is not None:
-                self.service.count_rejection(problem)
-                await errors.problem_response(problem, request_id)(scope, receive, send_with_id)
-            else:
-                await self.app(scope, receive_counted, send_with_id)
-        finally:
-            elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            # Refusals sent before routing (413, 415 here) still count under their endpoint.
-            endpoint = getattr(route, "path", None) or (scope["path"] if scope["path"] in ENDPOINTS else "other")
-            metrics = self.service.metrics
-            metrics.requests.labels(endpoint, str(status)).inc()
-            metrics.request_duration.labels(endpoint).observe(elapsed)
-            access_log.info(
-                "request",
-                extra={"method": scope["method"], "path": scope["path"], "status": status,
-                       "duration_ms": round(elapsed * 1e3, 2), "bytes_in": received},
-            )  # fmt: skip
-            request_id_var.reset(token)
-
-    @staticmethod
-    def _precheck(scope: Scope, headers: dict[str, str], limit: int) -> errors.Problem | None:
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return errors.too_large(f"the request body ({length} bytes) exceeds {limit} bytes")
-        if scope["method"] == "POST" and scope["path"].startswith("/v1/"):
-            content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-            if content_type != "multipart/form-data":
-                field = "video" if scope["path"] in VIDEO_PATHS else "image"
-                return errors.unsupported_media_type(
-                    f"send multipart/form-data with a '{field}' file field, not {content_type or 'no content type'}"
-                )
-        return None
-
-
-class ApiKeyMiddleware:
-    """With ``HEVITPOSE_API_KEY`` set: every HTTP and WebSocket route but :data:`OPEN_PATHS` needs
-    ``Authorization: Bearer <key>``; otherwise a 401 problem with ``WWW-Authenticate: Bearer``.
-
-    ASGI rather than a dependency, so that unknown paths, ``/docs`` and the WebSocket handshake are
-    covered by the same check. Installed inside :class:`ServiceMiddleware`, so a refusal still gets
-    its request id, metrics and access line.
-    """
-
-    def __init__(self, app: ASGIApp, service: PoseService) -> None:
-        self.app = app
-        self.service = service
-        self.key = service.settings.api_key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS or self._authorized(scope):
-            await self.app(scope, receive, send)
-            return
-        problem = errors.Problem(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'",
-                                 {"WWW-Authenticate": 'Bearer realm="hevitpose"'})  # fmt: skip
-        self.service.count_rejection(problem)
-        if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
-            # A server without WebSocket denial responses: closing before accept refuses the
-            # handshake (uvicorn answers 403); 1008 is "policy violation".
-            await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
-            return
-        request_id = scope.get("state", {}).get("request_id")
-        await errors.problem_response(problem, request_id)(scope, receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        for name, value in scope["headers"]:
-            if name == b"authorization":  # ASGI lower-cases header names
-                scheme, _, token = value.partition(b" ")
-                # compare_digest: the time taken must not tell how much of a guessed key was right
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
-        return False
-
-
-# Form fields shared by the three POST routes.
-BoxesField = Annotated[
-    str | None, Form(description="JSON list of [x1, y1, x2, y2] boxes in image pixels (implies detector=boxes)")
-]
-DetectorField = Annotated[
-    DetectorMode | None,
-    Form(description="nanodet (default), boxes (the client's), or whole_image (one person filling the picture)"),
-]
-FlipField = Annotated[bool | None, Form(description="average with the mirrored crop (slower, a little more accurate)")]
-MinScoreField = Annotated[float, Form(ge=0, le=1, description="drop persons whose mean keypoint score is lower")]
-MaxPersonsField = Annotated[int | None, Form(ge=1, description="at most this many persons per image")]
+from service.pose_service import PoseService
+from service.routes import images, stream, system, videos
+from service.settings import Settings
 
 
 def create_app(settings: Settings | None = None, service: PoseService | None = None) -> FastAPI:
@@ -181,7 +29,7 @@ def create_app(settings: Settings | None = None, service: PoseService | None = N
     service = service or PoseService(settings)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
         try:
             yield
@@ -195,130 +43,17 @@ def create_app(settings: Settings | None = None, service: PoseService | None = N
         lifespan=lifespan,
     )
     app.state.service = service
+    # The last added runs first. Outermost the request id, so that everything inside logs it and
+    # every answer carries it; then the access log and the request metrics, so that the refusals of
+    # the checks inside them (413, 415, 401) are logged and counted like any answer.
     if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, service=service)  # added first: runs inside ServiceMiddleware
-    app.add_middleware(ServiceMiddleware, service=service)
-    app.include_router(video_routes.router)
+        app.add_middleware(ApiKeyMiddleware, service=service)
+    app.add_middleware(MultipartOnlyMiddleware, service=service)
+    app.add_middleware(BodyLimitMiddleware, service=service)  # before the 415: a huge body is a 413 whatever it is
+    app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    for module in (system, images, videos, stream):
+        app.include_router(module.router)
     errors.install_handlers(app, service.count_rejection)
-
-    def options_for(
-        boxes, detector: DetectorMode | None, flip_test, min_score: float, max_persons
-    ) -> PredictOptions:
-        return make_options(
-            detector, boxes, flip_test, min_score, max_persons,
-            settings.detector, settings.flip_test, settings.max_persons,
-        )  # fmt: skip
-
-    async def predict_one(
-        image: UploadFile, boxes: str | None, detector, flip_test, min_score: float, max_persons
-    ):
-        parsed = parse_boxes(boxes, settings.max_persons) if boxes is not None else None
-        options = options_for(parsed, detector, flip_test, min_score, max_persons)
-        service.check_ready()
-        data = await image.read()
-        (prediction,) = await service.predict_many([data], [options])
-        return prediction
-
-    @app.get("/healthz", summary="Liveness: the process answers")
-    async def healthz() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/readyz", summary="Readiness: the model is loaded and warmed up", responses={503: PROBLEM_RESPONSES[503]})
-    async def readyz(request: Request) -> Response:
-        try:
-            service.check_ready()
-        except errors.Problem as exc:  # a probe, not a client refused: not counted as a rejection
-            return errors.problem_response(exc, request.state.request_id)
-        return JSONResponse({"status": "ready", "model": service.model.name, "device": str(service.model.device)})
-
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics() -> Response:
-        if service.model is not None:
-            service.metrics.update_gpu_memory(service.model.device)
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/v1/models", response_model=ModelsResponse, summary="The loaded model", responses=PROBLEM_RESPONSES)
-    async def models() -> dict:
-        service.check_ready()
-        return {"models": [service.model_info()]}
-
-    @app.post("/v1/predict", response_model=PredictResponse, summary="Keypoints of every person in one image",
-              responses=PROBLEM_RESPONSES)  # fmt: skip
-    async def predict(
-        image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP")],
-        boxes: BoxesField = None,
-        detector: DetectorField = None,
-        flip_test: FlipField = None,
-        min_score: MinScoreField = 0.0,
-        max_persons: MaxPersonsField = None,
-        format: Annotated[
-            Literal["json", "coco"], Form(description="json (default), or coco: a list of COCO keypoint results")
-        ] = "json",
-        image_id: Annotated[int, Form(ge=0, description="the image_id of the entries with format=coco")] = 0,
-    ) -> Response:
-        if format == "coco":  # refused before any work; the keypoint names are known once the model is loaded
-            service.check_ready()
-            coco_format.check_keypoints(service.model.meta.keypoint_names)
-        prediction = await predict_one(image, boxes, detector, flip_test, min_score, max_persons)
-        if format == "coco":
-            return JSONResponse(coco_format.entries(service.persons_json(prediction), image_id))
-        return JSONResponse(service.to_json(prediction))
-
-    @app.post("/v1/predict/batch", response_model=BatchResponse, summary="Several images, one result each, in order",
-              responses=PROBLEM_RESPONSES)  # fmt: skip
-    async def predict_batch(
-        images: Annotated[list[UploadFile], File(description="several image files under the same field name")],
-        boxes: Annotated[
-            str | None, Form(description="JSON list with one entry per image: a list of boxes, or null")
-        ] = None,
-        detector: DetectorField = None,
-        flip_test: FlipField = None,
-        min_score: MinScoreField = 0.0,
-        max_persons: MaxPersonsField = None,
-    ) -> Response:
-        if len(images) > settings.max_batch_images:
-            raise errors.invalid_field(f"images: {len(images)} images, at most {settings.max_batch_images}")
-        per_image: list = [None] * len(images)
-        if boxes is not None:
-            per_image = _batch_boxes(boxes, len(images), settings.max_persons)
-        options = [options_for(b, detector, flip_test, min_score, max_persons) for b in per_image]
-        service.check_ready()
-        datas = [await f.read() for f in images]
-        predictions = await service.predict_many(datas, options)
-        return JSONResponse({"results": [service.to_json(p) for p in predictions]})
-
-    @app.post("/v1/render", summary="The image with boxes and skeletons drawn", responses={
-        **PROBLEM_RESPONSES, 200: {"content": {"image/jpeg": {}, "image/png": {}}}})  # fmt: skip
-    async def render_image(
-        image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP")],
-        boxes: BoxesField = None,
-        detector: DetectorField = None,
-        flip_test: FlipField = None,
-        min_score: MinScoreField = 0.0,
-        max_persons: MaxPersonsField = None,
-        format: Annotated[Literal["jpeg", "png"], Form(description="output format")] = "jpeg",
-    ) -> Response:
-        p = await predict_one(image, boxes, detector, flip_test, min_score, max_persons)
-        meta = service.model.meta
-
-        def draw() -> bytes:
-            canvas = render.draw_poses(p.image, p.bboxes, p.keypoints, p.scores, meta.skeleton,
-                                       meta.keypoint_names, settings.render_keypoint_threshold)  # fmt: skip
-            return imaging.encode(canvas, format)
-
-        data = await service.run_in_pool(draw)
-        return Response(data, media_type="image/png" if format == "png" else "image/jpeg")
-
     return app
-
-
-def _batch_boxes(text: str, n: int, max_persons: int) -> list:
-    import json
-
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise errors.invalid_field(f"boxes: malformed JSON ({exc})") from None
-    if not isinstance(value, list) or len(value) != n:
-        raise errors.invalid_field(f"boxes: expected a JSON list with one entry per image ({n})")
-    return [None if v is None else boxes_from_json(v, max_persons, f"boxes[{i}]") for i, v in enumerate(value)]

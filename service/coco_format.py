@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from model.keypoints import COCO17
 from service import errors
+from service.schemas import CocoEntry, Person, TrackedCocoEntry, TrackedPerson
 
 CATEGORY_PERSON = 1
 
@@ -29,26 +30,22 @@ def check_keypoints(keypoint_names: Sequence[str]) -> None:
         )
 
 
-def person_entry(person: dict, image_id: int) -> dict:
-    """One person object of the default format (with ``track_id`` for video frames) as a results entry."""
-    by_name = {k["name"]: k for k in person["keypoints"]}
+def person_entry(person: Person, image_id: int) -> CocoEntry:
+    """One person of the default format as a results entry; a video frame's (a
+    :class:`TrackedPerson`) keeps its ``track_id``: PoseTrack's name for it, COCO's tools ignore it."""
+    by_name = {k.name: k for k in person.keypoints}
     flat: list[float] = []
     for name in COCO17.names:  # COCO's order, whatever order the model's keypoints come in
         k = by_name[name]
-        flat += [k["x"], k["y"], k["score"]]
-    x1, y1, x2, y2 = person["bbox"]
-    entry = {
-        "image_id": image_id,
-        "category_id": CATEGORY_PERSON,
-        "keypoints": flat,
-        "score": person["score"],
-        # Rounded again: the difference of two 2-decimal numbers is not always one.
-        "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
-    }
-    if "track_id" in person:  # video frames: PoseTrack's name for it; COCO's tools ignore extra keys
-        entry["track_id"] = person["track_id"]
-    return entry
+        flat += [k.x, k.y, k.score]
+    x1, y1, x2, y2 = person.bbox
+    # Rounded again: the difference of two 2-decimal numbers is not always one.
+    bbox = [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)]
+    if isinstance(person, TrackedPerson):
+        return TrackedCocoEntry(image_id=image_id, category_id=CATEGORY_PERSON, keypoints=flat, score=person.score,
+                                bbox=bbox, track_id=person.track_id)  # fmt: skip
+    return CocoEntry(image_id=image_id, category_id=CATEGORY_PERSON, keypoints=flat, score=person.score, bbox=bbox)
 
 
-def entries(persons: Sequence[dict], image_id: int) -> list[dict]:
+def entries(persons: Sequence[Person], image_id: int) -> list[CocoEntry]:
     return [person_entry(p, image_id) for p in persons]

@@ -17,8 +17,6 @@ import numpy as np
 
 from service import errors
 
-FORMATS = ("jpeg", "png", "webp", "bmp")
-
 # OpenCV prints a warning to stderr for every corrupt image a client sends; those are answered
 # with a 400 and logged as JSON by the service, so silence the library's own lines.
 if hasattr(cv2, "utils") and hasattr(cv2.utils, "logging"):

@@ -23,7 +23,18 @@ from service.batching import DeadlineExceeded, MicroBatcher, QueueFull, Stopped
 from service.detector import DetectorConfig, NanoDetPersonDetector, whole_image_box
 from service.metrics import ServiceMetrics
 from service.pose_model import PoseJob, PoseModel, PoseResult
-from service.schemas import PredictOptions, check_boxes_inside
+from service.schemas import (
+    ImageSize,
+    Keypoint,
+    ModelInfo,
+    ModelRef,
+    Person,
+    PredictOptions,
+    PredictResponse,
+    Timings,
+    TrackedPerson,
+    check_boxes_inside,
+)
 from service.settings import Settings
 
 log = logging.getLogger("service.pose_service")
@@ -299,41 +310,45 @@ class PoseService:
                 self.batcher.discard([job])  # cancelled (the client left) or timed out
         return self._finish(prepared, res, options, start)
 
-    def to_json(self, pred: Prediction) -> dict:
+    def response(self, pred: Prediction) -> PredictResponse:
+        """One image's ``/v1/predict`` body."""
         assert self.model is not None
-        return {
-            "image": {"width": pred.width, "height": pred.height},
-            "persons": self.persons_json(pred),
-            "model": {"name": self.model.name, "version": self.model.version},
-            "timings_ms": {k: round(v, 3) for k, v in pred.timings_ms.items()},
-        }
+        return PredictResponse(
+            image=ImageSize(width=pred.width, height=pred.height),
+            persons=self.persons(pred),
+            model=ModelRef(name=self.model.name, version=self.model.version),
+            timings_ms=Timings(**{k: round(v, 3) for k, v in pred.timings_ms.items()}),
+        )
 
-    def persons_json(self, pred: Prediction) -> list[dict]:
+    def persons(self, pred: Prediction, track_ids: np.ndarray | None = None) -> list[Person]:
+        """The persons of a prediction, rounded as the API answers them (2 decimals for pixels, 4
+        for scores); :class:`TrackedPerson` with ``track_ids`` (one per person: video frames)."""
         assert self.model is not None
         names = self.model.meta.keypoint_names
-        person_scores = pred.person_scores
-        return [
-            {
-                "bbox": [round(float(v), 2) for v in pred.bboxes[i]],
-                "bbox_score": round(float(pred.bbox_scores[i]), 4),
-                "score": round(float(person_scores[i]), 4),
-                "keypoints": [
-                    {"name": names[k], "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
-                    for k, ((x, y), s) in enumerate(zip(pred.keypoints[i], pred.scores[i]))
-                ],
-            }
-            for i in range(len(pred.bboxes))
-        ]
+        # Plain floats once, not per element: numpy scalars would make each round() slower.
+        bboxes, bbox_scores = pred.bboxes.tolist(), pred.bbox_scores.tolist()
+        keypoints, scores, person_scores = pred.keypoints.tolist(), pred.scores.tolist(), pred.person_scores.tolist()
+        persons: list[Person] = []
+        for i in range(len(bboxes)):
+            fields = dict(
+                bbox=[round(v, 2) for v in bboxes[i]],
+                bbox_score=round(bbox_scores[i], 4),
+                score=round(person_scores[i], 4),
+                keypoints=[Keypoint(name=names[k], x=round(x, 2), y=round(y, 2), score=round(s, 4))
+                           for k, ((x, y), s) in enumerate(zip(keypoints[i], scores[i]))],
+            )  # fmt: skip
+            persons.append(Person(**fields) if track_ids is None else TrackedPerson(**fields, track_id=int(track_ids[i])))
+        return persons
 
-    def model_info(self) -> dict:
+    def model_info(self) -> ModelInfo:
         m = self.model
         assert m is not None
-        return {
-            "name": m.name, "version": m.version, "params": m.num_params, "input_size": list(m.input_size),
-            "keypoint_names": list(m.meta.keypoint_names), "skeleton": [list(p) for p in m.meta.skeleton],
-            "weights_sha256": m.weights_sha256, "device": str(m.device), "backend": m.backend, "dtype": m.dtype,
-            "runtime": m.runtime_choice.as_json(), "description": m.meta.description, "metrics": m.meta.metrics,
-        }  # fmt: skip
+        return ModelInfo(
+            name=m.name, version=m.version, params=m.num_params, input_size=list(m.input_size),
+            keypoint_names=list(m.meta.keypoint_names), skeleton=[list(p) for p in m.meta.skeleton],
+            weights_sha256=m.weights_sha256, device=str(m.device), backend=m.backend, dtype=m.dtype,
+            runtime=m.runtime_choice.as_json(), description=m.meta.description, metrics=m.meta.metrics,
+        )  # fmt: skip
 
 
 def person_scores(bbox_scores: np.ndarray, keypoint_scores: np.ndarray, threshold: float) -> np.ndarray:

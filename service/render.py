@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from service.schemas import Person, TrackedPerson
+
 BOX_COLOR = (0, 200, 255)
 LEFT_COLOR = (0, 160, 255)  # RGB
 RIGHT_COLOR = (255, 96, 0)
@@ -73,13 +75,13 @@ def _label(canvas: np.ndarray, text: str, x: int, y: int, color: tuple[int, int,
 
 
 def draw_persons(
-    image: np.ndarray, persons: list[dict], skeleton: list[list[int]], keypoint_names: list[str], threshold: float
+    image: np.ndarray, persons: Sequence[Person], skeleton: list[list[int]], keypoint_names: list[str], threshold: float
 ) -> np.ndarray:
-    """:func:`draw_poses` for the persons of a JSON answer (a video frame's, with ``track_id``), so a
+    """:func:`draw_poses` for the persons of an answer (a video frame's, with ``track_id``), so a
     rendered video shows exactly what ``/v1/predict/video`` returns for it."""
     k = len(keypoint_names)
-    bboxes = np.array([p["bbox"] for p in persons], np.float64).reshape(-1, 4)
-    keypoints = np.array([[(kp["x"], kp["y"]) for kp in p["keypoints"]] for p in persons], np.float64).reshape(-1, k, 2)
-    scores = np.array([[kp["score"] for kp in p["keypoints"]] for p in persons], np.float64).reshape(-1, k)
-    ids = [p["track_id"] for p in persons] if all("track_id" in p for p in persons) else None
+    bboxes = np.array([p.bbox for p in persons], np.float64).reshape(-1, 4)
+    keypoints = np.array([[(kp.x, kp.y) for kp in p.keypoints] for p in persons], np.float64).reshape(-1, k, 2)
+    scores = np.array([[kp.score for kp in p.keypoints] for p in persons], np.float64).reshape(-1, k)
+    ids = [p.track_id for p in persons] if all(isinstance(p, TrackedPerson) for p in persons) else None
     return draw_poses(image, bboxes, keypoints, scores, skeleton, keypoint_names, threshold, ids)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 from pydantic import BaseModel, Field
 
@@ -31,6 +29,10 @@ class Person(BaseModel):
         "(MMPose's rescoring; 0 when none is above it): what min_score filters on"
     )
     keypoints: list[Keypoint]
+
+
+class TrackedPerson(Person):
+    track_id: int = Field(description="the same person in later frames has the same id")
 
 
 class ImageSize(BaseModel):
@@ -62,6 +64,39 @@ class PredictResponse(BaseModel):
 
 class BatchResponse(BaseModel):
     results: list[PredictResponse]
+
+
+class CocoEntry(BaseModel):
+    """One COCO keypoint results entry (``format=coco``), what pycocotools' ``COCO.loadRes`` reads."""
+
+    image_id: int
+    category_id: int
+    keypoints: list[float] = Field(description="[x, y, score] x 17, in COCO's keypoint order")
+    score: float
+    bbox: list[float] = Field(description="[x, y, w, h] in image pixels")
+
+
+class TrackedCocoEntry(CocoEntry):
+    track_id: int = Field(description="PoseTrack's name for it; COCO's tools ignore it")
+
+
+class VideoFrame(BaseModel):
+    index: int = Field(description="the frame's index in the video")
+    time_s: float
+    persons: list[TrackedPerson]
+
+
+class VideoResponse(BaseModel):
+    fps: float
+    width: int
+    height: int
+    frames: list[VideoFrame]
+
+
+class StreamReply(BaseModel):
+    index: int
+    persons: list[TrackedPerson]
+    dropped: int = Field(description="frames dropped since the previous reply")
 
 
 class ModelInfo(BaseModel):
@@ -182,5 +217,3 @@ def make_options(
         max_persons=max_persons or limit_persons,
     )
 
-
-RenderFormat = Literal["jpeg", "png"]

@@ -18,6 +18,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from service import errors, imaging
 from service.pose_service import PoseService, Prediction, _filter, person_scores
-from service.schemas import PredictOptions
+from service.schemas import PredictOptions, TrackedPerson, VideoFrame, make_options
 from service.smoothing import TrackSmoother
 from service.tracking import Tracker, TrackerConfig, keypoint_box
 
@@ -42,6 +43,16 @@ class SessionOptions:
     predict: PredictOptions
     detect_every: int = 1  # run the detector on every N-th processed frame, track in between
     smooth: bool = False
+
+
+def session_options(service: PoseService, detector: str | None, flip_test: bool | None, min_score: float,
+                    max_persons: int | None, detect_every: int, smooth: bool) -> SessionOptions:  # fmt: skip
+    """A video's or stream's options; 422 when they clash. ``HEVITPOSE_DETECTOR=boxes`` means
+    NanoDet here: a video has no client boxes."""
+    s = service.settings
+    predict = make_options(detector, None, flip_test, min_score, max_persons, "nanodet" if s.detector == "boxes"
+                           else s.detector, s.flip_test, s.max_persons)  # fmt: skip
+    return SessionOptions(predict, detect_every, smooth)
 
 
 @dataclass
@@ -94,8 +105,8 @@ class PoseSession:
         opts = replace(self.options.predict, detector="boxes", boxes=np.array(boxes), min_score=0.0)
         return Plan(opts, ids, np.array(scores))
 
-    def finish(self, pred: Prediction, plan: Plan, t: float) -> list[dict]:
-        """Track ids (and smoothing) for one frame's prediction, in frame order; the persons' JSON."""
+    def finish(self, pred: Prediction, plan: Plan, t: float) -> list[TrackedPerson]:
+        """Track ids (and smoothing) for one frame's prediction, in frame order; the persons answered."""
         before = self.tracker.started
         if plan.track_ids is None:
             ids = self.tracker.update(pred.bboxes, pred.bbox_scores)
@@ -122,10 +133,7 @@ class PoseSession:
                                        zip(ids, raw_kps, scores, heights)]) if len(ids) else raw_kps  # fmt: skip
         else:
             pred.keypoints = raw_kps
-        persons = self.service.persons_json(pred)
-        for person, tid in zip(persons, ids):
-            person["track_id"] = int(tid)
-        return persons
+        return self.service.persons(pred, ids)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------- reading videos
@@ -269,9 +277,11 @@ class VideoSource:
             self.path.unlink(missing_ok=True)
 
 
-async def video_frames(service: PoseService, source: VideoSource, session: PoseSession, with_images: bool = False):
-    """Answers for the frames of ``source``, in order: ``{"index", "time_s", "persons"}``, and with
-    ``with_images`` the frame itself under ``"image"`` (RGB, for drawing on).
+async def video_frames(
+    service: PoseService, source: VideoSource, session: PoseSession, with_images: bool = False
+) -> AsyncIterator[tuple[VideoFrame, np.ndarray | None]]:
+    """Answers for the frames of ``source``, in order, each with the frame itself (RGB, for drawing
+    on) with ``with_images``, else ``None``.
 
     Frames whose boxes come from the detector are pipelined (up to ``HEVITPOSE_VIDEO_PIPELINE_DEPTH``
     in flight, so they ride in the pose worker's batches together); a frame whose boxes come from
@@ -283,16 +293,13 @@ async def video_frames(service: PoseService, source: VideoSource, session: PoseS
     pending: collections.deque = collections.deque()
     metrics.active_streams.labels("video").inc()
 
-    async def complete(item) -> dict:
+    async def complete(item) -> tuple[VideoFrame, np.ndarray | None]:
         index, t, plan, task, t0 = item
         pred = await task
         persons = session.finish(pred, plan, t)
         metrics.frames.labels("video").inc()
         metrics.frame_duration.labels("video").observe(time.perf_counter() - t0)
-        answer = {"index": index, "time_s": round(t, 4), "persons": persons}
-        if with_images:
-            answer["image"] = pred.image
-        return answer
+        return VideoFrame(index=index, time_s=round(t, 4), persons=persons), pred.image if with_images else None
 
     try:
         while True:

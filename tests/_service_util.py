@@ -1,4 +1,5 @@
-"""Helpers for the service tests: a tiny random bundle, crafted images, a real uvicorn server."""
+"""Helpers for the service tests: a tiny random bundle, the tests' settings, crafted images, a real
+uvicorn server, the check of a problem answer. The fixtures built on them are in ``conftest.py``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import uvicorn
 from model import build_model
 from model.bundle import BundleMeta, save_bundle
 from model.keypoints import COCO17
+from service import errors
 from service.app import create_app
 from service.settings import Settings
 
@@ -31,6 +33,14 @@ def make_bundle(directory: Path, name: str = "hevitpose-t", seed: int = 0) -> Pa
     meta = BundleMeta.for_model(name, COCO17, input_size=list(INPUT_SIZE), version="test-1")
     save_bundle(model, meta, path)
     return path
+
+
+def service_settings(weights: Path, **overrides) -> Settings:
+    """The settings every service test starts from: a CPU, one thread per library (the tests share
+    the cores), a generous deadline; a test module changes what it tests."""
+    base = dict(weights=weights, device="cpu", threads=1, detector_threads=1, cpu_workers=2, request_timeout_s=60,
+                max_batch_size=8, max_wait_ms=2)  # fmt: skip
+    return Settings(**{**base, **overrides})
 
 
 # ---------------------------------------------------------------------------- images
@@ -113,3 +123,17 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(30)
         self.sock.close()
+
+
+# ---------------------------------------------------------------------------- answers
+
+
+def assert_problem(response: httpx.Response, status: int, reason: str) -> dict:
+    """A problem details answer (RFC 9457) with this status and reason, and no stack trace in it."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(errors.PROBLEM_MEDIA_TYPE)
+    body = response.json()
+    assert body["type"] == errors.TYPE_PREFIX + reason and body["status"] == status, body
+    assert body["title"] and body["detail"]
+    assert "Traceback" not in response.text and 'File "' not in response.text
+    return body

@@ -13,3 +13,34 @@ def _runtime_cache(tmp_path_factory):
         os.environ.pop("HEVITPOSE_RUNTIME_CACHE", None)
     else:
         os.environ["HEVITPOSE_RUNTIME_CACHE"] = previous
+
+
+# ---------------------------------------------------------------------------- the service's
+# A test module that uses ``server`` or ``client`` defines a ``settings`` fixture (module scope).
+# The imports are inside the fixtures: the training tests need neither FastAPI nor uvicorn.
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory):
+    """A tiny random HEViTPose-T bundle (``_service_util.make_bundle``), one for the whole session."""
+    from _service_util import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def server(settings):
+    """The real app under uvicorn with the test module's ``settings`` fixture, ready."""
+    from _service_util import ServerThread
+
+    srv = ServerThread(settings).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        yield c

@@ -15,15 +15,14 @@ from model.bundle import load_bundle, sha256
 from model.codec import bbox_to_center_scale
 from model.keypoints import COCO17
 from model.topdown import predict_bboxes
-from service.settings import Settings
 from _service_util import (
     INPUT_SIZE,
-    ServerThread,
+    assert_problem,
     decode,
     encode,
-    make_bundle,
     noise_image,
     png_bomb,
+    service_settings,
     with_exif_orientation,
 )
 
@@ -32,26 +31,9 @@ MAX_PIXELS = 2_000_000
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("weights"))
-
-
-@pytest.fixture(scope="module")
-def server(bundle):
-    settings = Settings(
-        weights=bundle, device="cpu", max_batch_size=8, max_wait_ms=5, queue_size=64, request_timeout_s=60,
-        max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, max_persons=20, cpu_workers=2, threads=1,
-        detector_threads=1, detector_score_threshold=0.1,
-    )  # fmt: skip
-    srv = ServerThread(settings).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
+def settings(bundle):
+    return service_settings(bundle, max_wait_ms=5, queue_size=64, max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS,
+                            max_persons=20, detector_score_threshold=0.1)  # fmt: skip
 
 
 def jpeg(width=160, height=120, seed=0) -> bytes:
@@ -61,17 +43,6 @@ def jpeg(width=160, height=120, seed=0) -> bytes:
 def post(client, data: bytes, path="/v1/predict", filename="x.jpg", **fields):
     form = {k: (json.dumps(v) if isinstance(v, list) else str(v)) for k, v in fields.items()}
     return client.post(path, files={"image": (filename, data, "application/octet-stream")}, data=form)
-
-
-def assert_problem(response: httpx.Response, status: int, reason: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status
-    assert body["type"].endswith(":" + reason), body
-    assert body["title"] and body["detail"]
-    assert "Traceback" not in response.text and 'File "' not in response.text
-    return body
 
 
 # ---------------------------------------------------------------------------- endpoints

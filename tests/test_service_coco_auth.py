@@ -24,9 +24,8 @@ from pycocotools.cocoeval import COCOeval
 
 from model.keypoints import COCO17, MPII16
 from service import coco_format, errors
-from service.app import ApiKeyMiddleware
-from service.settings import Settings
-from _service_util import ServerThread, encode, make_bundle, noise_image
+from service.middleware import ApiKeyMiddleware
+from _service_util import assert_problem, encode, noise_image, service_settings
 from test_service_video import ColourDetector, draw_frame, write_video
 
 KEY = "s3cret-key-for-tests"
@@ -45,22 +44,21 @@ class SortedColourDetector(ColourDetector):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    bundle = make_bundle(tmp_path_factory.mktemp("weights"))
+def settings(bundle):
     # Batches of one crop and one frame in flight: every crop's numbers are the same in every
     # request, so two formats of the same input can be compared exactly.
-    settings = Settings(
-        weights=bundle, device="cpu", backend="torch", threads=1, detector_threads=1, max_batch_size=1,
-        video_pipeline_depth=1, max_wait_ms=1, request_timeout_s=60, cpu_workers=2, api_key=KEY,
-    )  # fmt: skip
-    srv = ServerThread(settings).start()
-    srv.app.state.service.detector = SortedColourDetector()
-    yield srv
-    srv.stop()
+    return service_settings(bundle, backend="torch", max_batch_size=1, video_pipeline_depth=1, max_wait_ms=1,
+                            api_key=KEY)  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sorted_detector(server):
+    server.app.state.service.detector = SortedColourDetector()
 
 
 @pytest.fixture(scope="module")
 def client(server):
+    """conftest's client, with the key."""
     with httpx.Client(base_url=server.url, timeout=120, headers=AUTH) as c:
         yield c
 
@@ -69,14 +67,6 @@ def client(server):
 def anonymous(server):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
-
-
-def assert_problem(r: httpx.Response, status: int, reason: str) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["type"] == errors.TYPE_PREFIX + reason and body["status"] == status, body
-    return body
 
 
 # ---------------------------------------------------------------------------- format=coco

@@ -13,14 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app
 from service.cli import main as serve_main
 from service.settings import Settings
-from _service_util import ServerThread, encode, make_bundle, noise_image
+from _service_util import ServerThread, encode, noise_image
 
 JPEG = encode(noise_image(96, 96), ".jpg")
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("weights"))
 
 
 def rejections(url: str) -> dict[str, float]:

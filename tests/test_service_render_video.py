@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.settings import Settings
 from service.video import MP4_CODECS, Mp4Writer
-from _service_util import ServerThread, make_bundle
+from _service_util import assert_problem, service_settings
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -88,22 +87,9 @@ class SlowDetector:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    bundle = make_bundle(tmp_path_factory.mktemp("weights"))
-    settings = Settings(
-        weights=bundle, device="cpu", max_batch_size=8, max_wait_ms=2, queue_size=64, request_timeout_s=60,
-        cpu_workers=2, threads=1, detector_threads=1, max_body_bytes=MAX_BODY, video_max_bytes=3_000_000,
-        video_max_frames=60, video_max_seconds=20, video_max_pixels=400 * 300,
-    )  # fmt: skip
-    srv = ServerThread(settings).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=120) as c:
-        yield c
+def settings(bundle):
+    return service_settings(bundle, queue_size=64, max_body_bytes=MAX_BODY, video_max_bytes=3_000_000,
+                            video_max_frames=60, video_max_seconds=20, video_max_pixels=400 * 300)  # fmt: skip
 
 
 @pytest.fixture()
@@ -118,14 +104,6 @@ def temp_dir(tmp_path, monkeypatch) -> Path:
 def post(client, route: str, data: bytes, filename: str = "v.mp4", **fields) -> httpx.Response:
     form = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()}
     return client.post(route, files={"video": (filename, data, "application/octet-stream")}, data=form)
-
-
-def assert_problem(r: httpx.Response, status: int, reason: str) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["type"].endswith(":" + reason), body
-    return body
 
 
 def metric(client, name: str, **labels) -> float:

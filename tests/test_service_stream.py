@@ -12,18 +12,13 @@ from starlette.websockets import WebSocketDisconnect
 
 from service.app import create_app
 from service.settings import Settings
-from _service_util import encode, make_bundle
+from _service_util import encode, service_settings
 from test_service_video import ColourDetector, draw_frame
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    bundle = make_bundle(tmp_path_factory.mktemp("weights"))
-    settings = Settings(
-        weights=bundle, device="cpu", max_batch_size=8, max_wait_ms=2, request_timeout_s=60, cpu_workers=2,
-        threads=1, detector_threads=1, stream_max_concurrent=2, stream_idle_timeout_s=1.0,
-    )  # fmt: skip
-    app = create_app(settings)
+def app(bundle):
+    app = create_app(service_settings(bundle, stream_max_concurrent=2, stream_idle_timeout_s=1.0))
     with TestClient(app) as client:
         assert app.state.service.wait_ready(120), app.state.service.load_error
         app.state.client = client
@@ -120,12 +115,12 @@ def test_stream_metrics(client):
     assert 'hevitpose_tracks_started_total{source="stream"}' in text
 
 
-def test_over_a_real_server(tmp_path):
+def test_over_a_real_server(bundle):
     """uvicorn serves the WebSocket (with the websockets package, a dependency)."""
     ws_client = pytest.importorskip("websockets.sync.client")
     from _service_util import ServerThread
 
-    settings = Settings(weights=make_bundle(tmp_path), device="cpu", threads=1, detector_threads=1,
+    settings = Settings(weights=bundle, device="cpu", threads=1, detector_threads=1,
                         stream_max_concurrent=1)  # fmt: skip
     srv = ServerThread(settings).start()
     try:

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.settings import Settings
-from _service_util import ServerThread, make_bundle
+from _service_util import assert_problem, service_settings
 
 W, H = 160, 120
 COLORS = {"A": (255, 0, 0), "B": (0, 0, 255)}  # RGB
@@ -81,16 +80,9 @@ class ColourDetector:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    bundle = make_bundle(tmp_path_factory.mktemp("weights"))
-    settings = Settings(
-        weights=bundle, device="cpu", max_batch_size=8, max_wait_ms=2, queue_size=64, request_timeout_s=60,
-        cpu_workers=2, threads=1, detector_threads=1, video_max_bytes=3_000_000, video_max_frames=80,
-        video_max_seconds=20, video_max_pixels=320 * 240, smooth_keypoint_threshold=0.0,
-    )  # fmt: skip
-    srv = ServerThread(settings).start()
-    yield srv
-    srv.stop()
+def settings(bundle):
+    return service_settings(bundle, queue_size=64, video_max_bytes=3_000_000, video_max_frames=80,
+                            video_max_seconds=20, video_max_pixels=320 * 240, smooth_keypoint_threshold=0.0)  # fmt: skip
 
 
 @pytest.fixture()
@@ -100,24 +92,10 @@ def detector(server):
     return det
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=120) as c:
-        yield c
-
-
 def post_video(client, data: bytes, filename="v.avi", headers=None, **fields):
     form = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()}
     return client.post("/v1/predict/video", files={"video": (filename, data, "video/x-msvideo")}, data=form,
                        headers=headers or {})  # fmt: skip
-
-
-def assert_problem(r: httpx.Response, status: int, reason: str) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["type"].endswith(":" + reason), body
-    return body
 
 
 def metric(client, name: str, **labels) -> float:
