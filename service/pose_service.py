@@ -347,7 +347,8 @@ class PoseService:
             name=m.name, version=m.version, params=m.num_params, input_size=list(m.input_size),
             keypoint_names=list(m.meta.keypoint_names), skeleton=[list(p) for p in m.meta.skeleton],
             weights_sha256=m.weights_sha256, device=str(m.device), backend=m.backend, dtype=m.dtype,
-            runtime=m.runtime_choice.as_json(), description=m.meta.description, metrics=m.meta.metrics,
+            runtime=m.runtime_choice.as_json(), codec=m.codec.to_dict(), description=m.meta.description,
+            metrics=m.meta.metrics,
         )  # fmt: skip
 
 

@@ -114,6 +114,10 @@ class ModelInfo(BaseModel):
         description="how the backend was chosen: 'how' (measured, cached, forced, default, fallback), threads, "
         "and per candidate its agreement with float32 (mean OKS) and crops/s at batch 1 and 8"
     )
+    codec: dict = Field(
+        description="the codec the service crops and decodes with: the bundle's (what its training used), "
+        "with any HEVITPOSE_BBOX_PADDING / HEVITPOSE_DECODE_METHOD override applied"
+    )
     description: str
     metrics: dict
 

@@ -16,7 +16,7 @@ from service.settings import Settings
 from training.cli import export_main, train_main
 from training.config import ConfigError, codec_from_config, config_from_dict, load_config
 
-from _service_util import make_bundle, noise_image
+from _service_util import make_bundle, noise_image, service_settings
 from _training_data import make_coco, write_config
 
 CHANGED = {"sigma": 3.0, "bbox_padding": 1.4, "decode_method": "argmax"}
@@ -63,6 +63,16 @@ def test_a_setting_overrides_only_the_field_it_names(tmp_path):
     assert pose.codec.bbox_padding == 1.1 and pose.codec.decode_method == load_meta(bundle).codec.decode_method
     pose.close()
     assert Settings(weights=bundle).codec_overrides() == {}
+
+
+@pytest.fixture(scope="module")
+def settings(bundle):
+    return service_settings(bundle, bbox_padding=1.3)
+
+
+def test_models_route_reports_the_codec_in_use(client, bundle):
+    (info,) = client.get("/v1/models").json()["models"]
+    assert info["codec"] == {**load_meta(bundle).codec.to_dict(), "bbox_padding": 1.3}
 
 
 def test_a_bundle_without_a_codec_section_loads_with_the_default_codec(tmp_path, caplog):
