@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from report import machine, write_section  # noqa: E402
+
 from service.detector import INPUT_SIZE, DetectorConfig, Letterbox, NanoDetPersonDetector  # noqa: E402
 
 # service.settings.DEFAULT_DETECTOR, spelled out: the GPU image has no pydantic-settings.
@@ -325,8 +326,12 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 on cpu, the library's on cuda)")
-    ap.add_argument("--network-batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 8, 32, 128],
-                    help="cuda: batch sizes of the network-only timing")
+    ap.add_argument(
+        "--network-batches",
+        type=lambda s: [int(b) for b in s.split(",")],
+        default=[1, 8, 32, 128],
+        help="cuda: batch sizes of the network-only timing",
+    )
     ap.add_argument("--reps", type=int, default=20, help="cuda: timed passes per batch size")
     ap.add_argument("--built-in", action="store_true", help="the built-in images even where the labelled set is")
     ap.add_argument("--out", type=Path, help="write detector_backends_<device>.md and .json here")

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from report import machine, write_section  # noqa: E402
+
 from service.detector import DetectorConfig, NanoDetPersonDetector  # noqa: E402
 from service.settings import DEFAULT_DETECTOR, Settings  # noqa: E402
 
@@ -131,8 +132,13 @@ class CachedNetwork:
 
 
 def variants(settings: Settings) -> dict[str, dict]:
-    tile = {"tiles": True, "tile_min_side": settings.detector_tile_min_side, "tile_grid": settings.detector_tile_grid,
-            "tile_overlap": settings.detector_tile_overlap, "tile_max_height": settings.detector_tile_max_height}
+    tile = {
+        "tiles": True,
+        "tile_min_side": settings.detector_tile_min_side,
+        "tile_grid": settings.detector_tile_grid,
+        "tile_overlap": settings.detector_tile_overlap,
+        "tile_max_height": settings.detector_tile_max_height,
+    }
     # fmt: skip
     return {
         "stretch": {"letterbox": False},
@@ -214,7 +220,7 @@ def main() -> None:
     }  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in timed}
     images = [cv2.cvtColor(cv2.imread(str(it["path"])), cv2.COLOR_BGR2RGB) for it in timing_items]
-    for name, cfg in timed.items():  # warm-up
+    for cfg in timed.values():  # warm-up
         det.cfg = cfg
         det(images[0])
     for image in images:
@@ -279,7 +285,10 @@ def main() -> None:
             mark = "**" if (t, n) == chosen else ""
             cells.append(f"{mark}{r:.3f} / {p:.3f} / {f:.3f}{mark}")
         sweep.append(f"| {t} | " + " | ".join(cells) + " |")
-    per_subset = ["| score thr | " + " | ".join(f"{s} R / P" for s in subsets) + " |", "|---:|" + "---:|" * len(subsets)]
+    per_subset = [
+        "| score thr | " + " | ".join(f"{s} R / P" for s in subsets) + " |",
+        "|---:|" + "---:|" * len(subsets),
+    ]
     for t in THRESHOLDS:
         g = (t, chosen[1])
         per_subset.append(f"| {t} | " + " | ".join("{:.3f} / {:.3f}".format(*prf(*counts["letterbox"][g][s])[:2])

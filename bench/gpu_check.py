@@ -116,13 +116,42 @@ def parts(args: argparse.Namespace, out: Path) -> list[Part]:
                  "--out", str(md)]  # fmt: skip
     else:
         speed += ["--models", "hevitpose-t", "hevitpose-s", "hevitpose-b", "--batches", "1", "8", "32", "128", "512"]
-    load = [PY, "bench/service_load.py", "--weights", "weights/hevitpose-t-default", "--device", device, "--out", str(md)]
+    load = [
+        PY,
+        "bench/service_load.py",
+        "--weights",
+        "weights/hevitpose-t-default",
+        "--device",
+        device,
+        "--out",
+        str(md),
+    ]
     load += (["--concurrency", "2", "--boxes", "1", "--duration", "2", "--warmup", "1", "--bare-seconds", "1"] if smoke
              else ["--concurrency", "32", "--boxes", "8", "--duration", "20" if not args.full else "60", "--warmup", "5",
                    "--max-batch-size", "256", "--bare-seconds", "5"])  # fmt: skip
-    train = [PY, "bench/train_speed.py", "--models", "hevitpose-t", *([] if smoke else ["hevitpose-b"]), "--out", str(md)]
-    train += (["--duration", "1", "--images", "8", "--workers", "1", "--e2e-steps", "2", "--cpu-batch", "2"] if smoke
-              else ["--duration", "10", "--images", "256", "--workers", "15", "--e2e-steps", "300" if not args.full else "1000"])
+    train = [
+        PY,
+        "bench/train_speed.py",
+        "--models",
+        "hevitpose-t",
+        *([] if smoke else ["hevitpose-b"]),
+        "--out",
+        str(md),
+    ]
+    train += (
+        ["--duration", "1", "--images", "8", "--workers", "1", "--e2e-steps", "2", "--cpu-batch", "2"]
+        if smoke
+        else [
+            "--duration",
+            "10",
+            "--images",
+            "256",
+            "--workers",
+            "15",
+            "--e2e-steps",
+            "300" if not args.full else "1000",
+        ]
+    )
     detector = [PY, "bench/detector_backends.py", "--device", device, "--out", str(out)]
     detector += ["--images", "2", "--network-batches", "1", "--reps", "1"] if smoke else []
     ddp_cfg = work / "ddp.yaml"
@@ -155,7 +184,9 @@ def run_part(part: Part, out: Path, deadline: float) -> None:
         f.write("$ " + " ".join(part.cmd) + "\n")
         f.flush()
         try:
-            proc = subprocess.Popen(part.cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                part.cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
+            )
             part.rc = proc.wait(timeout=budget)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)  # the part and every process it started
@@ -195,7 +226,11 @@ def main() -> int:
             continue
         run_part(part, out, deadline)
         print(f"{part.name}: rc={part.rc} in {part.seconds:.1f} s {part.note}", flush=True)
-    summary = {"device": "cpu-smoke" if args.cpu_smoke else "cuda", "budget_s": budget, "parts": [asdict(p) for p in todo]}
+    summary = {
+        "device": "cpu-smoke" if args.cpu_smoke else "cuda",
+        "budget_s": budget,
+        "parts": [asdict(p) for p in todo],
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\n| part | result | seconds | note |\n|---|---|---:|---|")
     for p in todo:

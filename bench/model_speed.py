@@ -41,12 +41,13 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import machine, write_section  # noqa: E402  (bench/ is on sys.path)
+
 from model import build_model  # noqa: E402
 from model.bundle import load_bundle  # noqa: E402
 from model.codec import HeatmapCodec  # noqa: E402
 from model.flops import full_macs  # noqa: E402
 from model.runtime import RuntimeConfig, cpu_has_bf16, create_runner  # noqa: E402
-from report import machine, write_section  # noqa: E402  (bench/ is on sys.path)
 from service.runtime_choice import AGREEMENT_THRESHOLD, calibration_inputs, keypoint_agreement  # noqa: E402
 
 DEFAULT_MODELS = ["hevitpose-t", "hevitpose-s", "hevitpose-b", "efficientvit-m4-peow3"]
@@ -105,18 +106,24 @@ def cpu_backends(model: nn.Module, input_size: tuple[int, int], tmp: Path, calib
     configs = {
         "torch channels_last": RuntimeConfig(device="cpu", backend="torch", threads=threads),
         "torch bf16": RuntimeConfig(device="cpu", backend="torch", dtype="bfloat16", threads=threads) if bf16 else None,
-        "torch.compile": RuntimeConfig(device="cpu", backend="torch", compile=True, threads=threads) if compile else None,
+        "torch.compile": RuntimeConfig(device="cpu", backend="torch", compile=True, threads=threads)
+        if compile
+        else None,
         "onnxruntime": RuntimeConfig(device="cpu", backend="onnxruntime", threads=threads),
         "onnxruntime int8": RuntimeConfig(device="cpu", backend="onnxruntime-int8", threads=threads),
         "openvino": RuntimeConfig(device="cpu", backend="openvino", threads=threads),
-        "openvino bf16": RuntimeConfig(device="cpu", backend="openvino", dtype="bfloat16", threads=threads) if bf16 else None,
+        "openvino bf16": RuntimeConfig(device="cpu", backend="openvino", dtype="bfloat16", threads=threads)
+        if bf16
+        else None,
     }
     onnx_dir = tmp / f"onnx-{id(model)}"  # one export for the ONNX-based backends of this model
     for label, cfg in configs.items():
         if cfg is None or (only and label not in only):
             continue
         try:
-            out[label] = create_runner(copy.deepcopy(model), input_size, cfg, onnx_dir=onnx_dir, calibration=calibration)
+            out[label] = create_runner(
+                copy.deepcopy(model), input_size, cfg, onnx_dir=onnx_dir, calibration=calibration
+            )
         except Exception as exc:  # a backend not installed here is left out of the table, and said so
             print(f"skipped {label}: {type(exc).__name__}: {exc}", file=sys.stderr)
     return out
@@ -197,9 +204,9 @@ def measure_cpu(name: str, model: nn.Module, input_size: tuple[int, int], mean: 
     cells = []
     for batch in args.batches or [1, 8]:
         x = calibration.repeat(-(-batch // len(calibration)), 1, 1, 1)[:batch].contiguous()
-        fns = {label: (lambda fn=fn: fn(x)) for label, fn in backends.items()}
+        fns = {label: (lambda fn=fn, x=x: fn(x)) for label, fn in backends.items()}
         if thunder is not None:
-            fns[THUNDER_LABEL] = lambda: thunder(x)
+            fns[THUNDER_LABEL] = lambda x=x: thunder(x)
         cells += round_robin(fns, name, batch, False, args.rounds, args.slice, input_size)
         print(f"done {name} batch {batch}", file=sys.stderr, flush=True)
     for c in cells:
@@ -222,9 +229,9 @@ def heldout_ap(runner: Callable[[torch.Tensor], torch.Tensor], data_root: Path, 
     """COCO keypoint AP of ``runner`` on ``data_root``'s val split, labelled boxes, no flip (as served)."""
     from torch.utils.data import DataLoader
 
+    from training.config import load_config
     from training.data import val_dataset
     from training.evaluation import evaluate
-    from training.config import load_config
     from training.predict import predict
 
     cfg = load_config(config, [f"data.root={data_root}", "eval.flip_test=false", "data.workers=0"])

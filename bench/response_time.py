@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def main() -> None:
     for r in range(args.rounds):
         for n in cases:
             order = list(range(len(trees)))
-            order = order[r % len(order):] + order[: r % len(order)]  # each tree goes first in turn
+            order = order[r % len(order) :] + order[: r % len(order)]  # each tree goes first in turn
             for t in order:
                 workers[t].stdin.write(f"{n} {args.requests}\n")
                 workers[t].stdin.flush()
@@ -206,7 +206,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from bench.report import machine, write_section
 
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    date = datetime.now(UTC).strftime("%Y-%m-%d")
     body = "\n".join([
         "## /v1/predict response time, old vs new code (client boxes)",
         "",

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +41,9 @@ KEY = "service_load"
 # ---------------------------------------------------------------------------- client process
 
 
-def _client_main(url: str, image: bytes, boxes: str, concurrency: int, start_at: float, t_measure: float,
-                 t_end: float, out):
+def _client_main(
+    url: str, image: bytes, boxes: str, concurrency: int, start_at: float, t_measure: float, t_end: float, out
+):
     """Load from ``start_at``; record what completes in [t_measure, t_end] (wall-clock times, shared with
     the parent so that its metric scrapes bracket the same window)."""
     import httpx
@@ -209,8 +210,12 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--bare-seconds", type=float, default=10.0)
-    p.add_argument("--thunder", type=Path, default=ROOT.parent / "shared" / "models" / "movenet-thunder.onnx",
-                   help="MoveNet Thunder ONNX, timed bare after the server stops (skipped if absent)")
+    p.add_argument(
+        "--thunder",
+        type=Path,
+        default=ROOT.parent / "shared" / "models" / "movenet-thunder.onnx",
+        help="MoveNet Thunder ONNX, timed bare after the server stops (skipped if absent)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
@@ -277,7 +282,9 @@ def main() -> None:
     bare = {b: bare_crops_per_s(weights, args.device, b, args.bare_seconds, runtime) for b in bare_batches}
     ref_batch = max(1, round(mean_batch))
     ref = bare[ref_batch][0]
-    thunder = thunder_crops_per_s(args.thunder, runtime["threads"], args.bare_seconds) if args.thunder.is_file() else None
+    thunder = (
+        thunder_crops_per_s(args.thunder, runtime["threads"], args.bare_seconds) if args.thunder.is_file() else None
+    )
 
     rows = [
         "| measure | value |",
@@ -305,8 +312,9 @@ def main() -> None:
         ]
     table = "\n".join(rows)
     load_after = os.getloadavg()[0]
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     from report import machine, write_section  # bench/ is on sys.path; torch stays out of the clients
+
     body = (
         f"## Service under load\n\n"
         f"`bench/service_load.py`, {now}, {machine()}. Model {info['name']} "

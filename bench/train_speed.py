@@ -31,13 +31,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import machine, write_section  # noqa: E402  (bench/ is on sys.path)
+
 from model import build_model  # noqa: E402
 from model.codec import apply_affine, encode_heatmaps, get_warp_matrix, normalize, warp_crop  # noqa: E402
 from model.keypoints import COCO17  # noqa: E402
 from training.config import config_from_dict  # noqa: E402
 from training.trainer import Trainer, heatmap_loss  # noqa: E402
 from training.transforms import random_crop  # noqa: E402
-from report import machine, write_section  # noqa: E402  (bench/ is on sys.path)
 
 POSE = np.array([
     [0.50, 0.08], [0.46, 0.06], [0.54, 0.06], [0.42, 0.08], [0.58, 0.08],
@@ -235,7 +236,9 @@ def main() -> None:
         workers_needed = step / per_worker["samples_per_s"]
         lines.append(f"| {name} training step ({device.type}, {precision}) | {step:.1f} | batch {batch}, tensors ready; "
                      f"needs ~{workers_needed:.2g} workers to feed |")  # fmt: skip
-        lines.append(f"| {name} end to end (runner, {args.workers} workers) | {e2e:.1f} | {e2e / step:.2f}x of the step alone |")
+        lines.append(
+            f"| {name} end to end (runner, {args.workers} workers) | {e2e:.1f} | {e2e / step:.2f}x of the step alone |"
+        )
     need = 1500 / per_worker["samples_per_s"]
     reading = (
         f"Reading: one worker makes {per_worker['samples_per_s']:.0f} samples/s here, "
@@ -246,7 +249,9 @@ def main() -> None:
         "`model.codec.warp_crops_torch`, leaving file reads and the per-person random draws to the workers."
     )
     if not cuda:
-        reading += " No GPU was available for this run, so there is no GPU row; run the script on the GPU host to add one."
+        reading += (
+            " No GPU was available for this run, so there is no GPU row; run the script on the GPU host to add one."
+        )
     body = (
         f"## Training throughput\n\n`bench/train_speed.py --duration {args.duration:g} --threads {args.threads}`, "
         f"{date.today().isoformat()}, {machine()}. Input 256x256, COCO 17 keypoints, the COCO recipe's "

@@ -108,9 +108,7 @@ class CascadedGroupAttention(nn.Module):
         self.scale = key_dim**-0.5
         self.d = int(attn_ratio * key_dim)
         self.qkvs = nn.ModuleList(ConvBN(dim // num_heads, 2 * key_dim + self.d) for _ in range(num_heads))
-        self.dws = nn.ModuleList(
-            ConvBN(key_dim, key_dim, k, 1, k // 2, groups=key_dim) for k in kernels[:num_heads]
-        )
+        self.dws = nn.ModuleList(ConvBN(key_dim, key_dim, k, 1, k // 2, groups=key_dim) for k in kernels[:num_heads])
         self.proj = nn.Sequential(nn.ReLU(), ConvBN(self.d * num_heads, dim, bn_weight_init=0.0))
 
         points = list(itertools.product(range(window), range(window)))
@@ -121,9 +119,7 @@ class CascadedGroupAttention(nn.Module):
                 offset = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
                 idxs.append(offsets.setdefault(offset, len(offsets)))
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offsets)))
-        self.register_buffer(
-            "attention_bias_idxs", torch.tensor(idxs).view(len(points), len(points)), persistent=False
-        )
+        self.register_buffer("attention_bias_idxs", torch.tensor(idxs).view(len(points), len(points)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -147,9 +143,7 @@ class LocalWindowAttention(nn.Module):
     def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: tuple[int, ...]) -> None:
         super().__init__()
         self.window = window
-        self.attn = CascadedGroupAttention(
-            dim, key_dim, num_heads, dim / (key_dim * num_heads), window, kernels
-        )
+        self.attn = CascadedGroupAttention(dim, key_dim, num_heads, dim / (key_dim * num_heads), window, kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -101,9 +101,7 @@ def save_bundle(model: HEViTPose, meta: BundleMeta, path: str | Path, dtype: tor
     """Write ``path.safetensors`` (weights cast to ``dtype``; BN statistics too) and ``path.json``."""
     weights_path, meta_path = bundle_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()
-    }
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
     meta.dtype = str(dtype).removeprefix("torch.")
     save_file(state, str(weights_path), metadata={"model": meta.model})
     # safetensors creates the file 0600; a bundle is read by other users (a container's non-root server).
@@ -137,4 +135,3 @@ def sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-

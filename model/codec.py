@@ -196,9 +196,7 @@ def _to_3x3(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def _pixel_to_normalized(w: int, h: int, device: torch.device) -> torch.Tensor:
-    return torch.tensor(
-        [[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]], dtype=torch.float64, device=device
-    )
+    return torch.tensor([[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]], dtype=torch.float64, device=device)
 
 
 def normalize(
@@ -296,9 +294,7 @@ def decode_heatmaps(
     dy = 0.5 * (_at(logs, x, y + 1) - _at(logs, x, y - 1))
     dxx = 0.25 * (_at(logs, x + 2, y) - 2 * center + _at(logs, x - 2, y))
     dyy = 0.25 * (_at(logs, x, y + 2) - 2 * center + _at(logs, x, y - 2))
-    dxy = 0.25 * (
-        _at(logs, x + 1, y + 1) - _at(logs, x + 1, y - 1) - _at(logs, x - 1, y + 1) + _at(logs, x - 1, y - 1)
-    )
+    dxy = 0.25 * (_at(logs, x + 1, y + 1) - _at(logs, x + 1, y - 1) - _at(logs, x - 1, y + 1) + _at(logs, x - 1, y - 1))
     det = dxx * dyy - dxy**2
     ok = ok & (det != 0)
     det = torch.where(ok, det, torch.ones_like(det))

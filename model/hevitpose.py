@@ -148,7 +148,9 @@ class HEViTPose(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Skipped while tracing for ONNX, where shapes are symbolic and the check would be baked in.
         if not torch.jit.is_tracing() and (x.shape[-2] % STRIDE_MULTIPLE or x.shape[-1] % STRIDE_MULTIPLE):
-            raise ValueError(f"input height and width must be multiples of {STRIDE_MULTIPLE}, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"input height and width must be multiples of {STRIDE_MULTIPLE}, got {tuple(x.shape[-2:])}"
+            )
         return self.head(self.forward_features(x))
 
 

@@ -77,7 +77,9 @@ def cpu_has_bf16() -> bool:
 class TorchRunner:
     backend = "torch"
 
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool, compile: bool) -> None:
+    def __init__(
+        self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool, compile: bool
+    ) -> None:
         self.device = device
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -13,7 +13,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from model.codec import IMAGENET_MEAN, IMAGENET_STD, HeatmapCodec, apply_affine, get_warp_matrix, invert_affine, normalize, warp_crop
+from model.codec import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    HeatmapCodec,
+    apply_affine,
+    get_warp_matrix,
+    invert_affine,
+    normalize,
+    warp_crop,
+)
 
 Runner = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, h, w) inputs -> (N, K, h/s, w/s) heatmaps
 

@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from training.data import train_dataset
     from training.cli import eval_main, export_main
     from training.config import load_config
-    from training.trainer import Trainer
+    from training.data import train_dataset
     from training.pack import read_pack
+    from training.trainer import Trainer
 
     args.out.mkdir(parents=True, exist_ok=True)
     timings = Timings(args.out)

@@ -72,8 +72,14 @@ def main(argv: list[str]) -> int:
     app = create_app(settings)
     service = app.state.service
     server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                       timeout_graceful_shutdown=settings.request_timeout_s)  # fmt: skip
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=settings.request_timeout_s,
+        )  # fmt: skip
     )
     # A model that fails to load would leave the process up but never ready; exiting instead lets
     # Docker's restart policy and Kubernetes act on it like on any crash.

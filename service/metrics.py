@@ -15,8 +15,18 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PERSON_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50, 100)
 
 STAGES = ("decode", "detect", "crop", "pose", "postprocess")
-ENDPOINTS = ("/v1/predict", "/v1/predict/batch", "/v1/render", "/v1/predict/video", "/v1/render/video",
-             "/v1/stream", "/v1/models", "/healthz", "/readyz", "/metrics")
+ENDPOINTS = (
+    "/v1/predict",
+    "/v1/predict/batch",
+    "/v1/render",
+    "/v1/predict/video",
+    "/v1/render/video",
+    "/v1/stream",
+    "/v1/models",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+)
 SOURCES = ("video", "stream")  # where frames come from: an uploaded video or a WebSocket stream
 
 
@@ -46,9 +56,7 @@ class ServiceMetrics:
         self.persons_per_image = Histogram(
             "hevitpose_persons_per_image", "Persons returned per image", buckets=PERSON_BUCKETS, registry=r
         )
-        self.rejections = Counter(
-            "hevitpose_rejections", "Requests refused, by reason", ["reason"], registry=r
-        )
+        self.rejections = Counter("hevitpose_rejections", "Requests refused, by reason", ["reason"], registry=r)
         self.model_info = Gauge(
             "hevitpose_model_info", "The loaded pose model (value 1)", ["name", "version", "device", "backend"],
             registry=r,
@@ -57,9 +65,7 @@ class ServiceMetrics:
             "hevitpose_gpu_memory_bytes", "CUDA memory held by the pose model's process", ["device", "kind"],
             registry=r,
         )  # fmt: skip
-        self.frames = Counter(
-            "hevitpose_frames", "Video and stream frames processed", ["source"], registry=r
-        )
+        self.frames = Counter("hevitpose_frames", "Video and stream frames processed", ["source"], registry=r)
         self.frames_dropped = Counter(
             "hevitpose_frames_dropped", "Stream frames dropped because the client sent faster than it was answered"
             " (or the pose queue was full)", ["source"], registry=r,

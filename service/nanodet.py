@@ -146,9 +146,7 @@ class NanoDetHead(nn.Module):
             nn.ModuleList([ConvModule(in_chs if i == 0 else feat_chs, feat_chs, 3) for i in range(stacked_convs)])
             for _ in range(num_levels)
         )
-        self.gfl_cls = nn.ModuleList(
-            nn.Conv2d(feat_chs, NUM_CLASSES + 4 * (REG_MAX + 1), 1) for _ in range(num_levels)
-        )
+        self.gfl_cls = nn.ModuleList(nn.Conv2d(feat_chs, NUM_CLASSES + 4 * (REG_MAX + 1), 1) for _ in range(num_levels))
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         out = []

@@ -24,8 +24,8 @@ import torch
 
 from model.bundle import BundleMeta, bundle_paths, load_bundle, sha256
 from model.codec import HeatmapCodec, invert_affine, normalize, warp_crops_torch
-from model.topdown import crop_inputs, crop_matrices, decode_to_image, forward_heatmaps
 from model.runtime import RuntimeConfig, create_runner
+from model.topdown import crop_inputs, crop_matrices, decode_to_image, forward_heatmaps
 from service.runtime_choice import RuntimeChoice, select_runner
 
 log = logging.getLogger("service.pose_model")
@@ -79,7 +79,9 @@ class PoseModel:
         self.meta: BundleMeta = meta
         self.codec: HeatmapCodec = replace(meta.codec, **(codec_overrides or {}))
         if codec_overrides:
-            log.info("codec of %s with settings overriding %s: %s", weights_path.name, dict(codec_overrides), self.codec)
+            log.info(
+                "codec of %s with settings overriding %s: %s", weights_path.name, dict(codec_overrides), self.codec
+            )
         self.num_params = sum(p.numel() for p in model.parameters())
         self.weights_sha256 = sha256(weights_path)
         self.input_size: tuple[int, int] = self.codec.input_size
@@ -96,7 +98,9 @@ class PoseModel:
             # eager torch, rather than never becoming ready.
             log.warning("fastest backend unavailable (%s: %s); using torch", type(exc).__name__, exc)
             self.runner = create_runner(model, self.input_size, replace(runtime, backend="torch"))
-            self.runtime_choice = RuntimeChoice("torch", str(self.runner.dtype).removeprefix("torch."), runtime.threads, "fallback")
+            self.runtime_choice = RuntimeChoice(
+                "torch", str(self.runner.dtype).removeprefix("torch."), runtime.threads, "fallback"
+            )
         self.device: torch.device = self.runner.device
         self.backend: str = self.runner.backend
         self.dtype = str(self.runner.dtype).removeprefix("torch.")
@@ -130,7 +134,9 @@ class PoseModel:
     def prepare_job(self, image: np.ndarray, bboxes: np.ndarray, flip_test: bool, deadline: float) -> PoseJob:
         t0 = time.perf_counter()
         matrices = crop_matrices(self.codec, bboxes)
-        inputs = None if self.crop_on_device else crop_inputs(image, matrices, self.codec, self.meta.mean, self.meta.std)
+        inputs = (
+            None if self.crop_on_device else crop_inputs(image, matrices, self.codec, self.meta.mean, self.meta.std)
+        )
         return PoseJob(image, bboxes, matrices, inputs, flip_test, deadline, crop_s=time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ worker side
@@ -174,7 +180,9 @@ class PoseModel:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
-        keypoints, scores = decode_to_image(self.codec, heatmaps, invert_affine(np.concatenate([job.matrices for job in jobs])))
+        keypoints, scores = decode_to_image(
+            self.codec, heatmaps, invert_affine(np.concatenate([job.matrices for job in jobs]))
+        )
         keypoints = keypoints.double().cpu().numpy()
         scores = scores.cpu().numpy()
         t3 = time.perf_counter()
@@ -183,8 +191,11 @@ class PoseModel:
             n = job.num_crops
             results.append(
                 PoseResult(
-                    keypoints[start : start + n], scores[start : start + n],
-                    crop_s=job.crop_s + (t1 - t0), pose_s=t2 - t1, postprocess_s=t3 - t2,
+                    keypoints[start : start + n],
+                    scores[start : start + n],
+                    crop_s=job.crop_s + (t1 - t0),
+                    pose_s=t2 - t1,
+                    postprocess_s=t3 - t2,
                 )  # fmt: skip
             )
             start += n

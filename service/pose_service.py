@@ -85,14 +85,24 @@ class PoseService:
         try:
             t0 = time.perf_counter()
             runtime = RuntimeConfig(device=s.device, backend=s.backend, dtype=s.dtype, threads=s.threads)
-            self.model = PoseModel(s.weights, runtime, s.codec_overrides(), Path(s.runtime_cache) if s.runtime_cache else None)
+            self.model = PoseModel(
+                s.weights, runtime, s.codec_overrides(), Path(s.runtime_cache) if s.runtime_cache else None
+            )
             self.detector = NanoDetPersonDetector(
                 DetectorConfig(
-                    s.detector_path, s.detector_score_threshold, s.detector_nms_iou,
-                    device=str(self.model.device), backend=s.detector_backend, threads=s.detector_threads,
-                    letterbox=s.detector_letterbox, tiles=s.detector_tiles, tile_min_side=s.detector_tile_min_side,
-                    tile_max_found=s.detector_tile_max_found, tile_grid=s.detector_tile_grid,
-                    tile_overlap=s.detector_tile_overlap, tile_max_height=s.detector_tile_max_height,
+                    s.detector_path,
+                    s.detector_score_threshold,
+                    s.detector_nms_iou,
+                    device=str(self.model.device),
+                    backend=s.detector_backend,
+                    threads=s.detector_threads,
+                    letterbox=s.detector_letterbox,
+                    tiles=s.detector_tiles,
+                    tile_min_side=s.detector_tile_min_side,
+                    tile_max_found=s.detector_tile_max_found,
+                    tile_grid=s.detector_tile_grid,
+                    tile_overlap=s.detector_tile_overlap,
+                    tile_max_height=s.detector_tile_max_height,
                 )  # fmt: skip
             )
             if s.warmup:
@@ -337,7 +347,9 @@ class PoseService:
                 keypoints=[Keypoint(name=names[k], x=round(x, 2), y=round(y, 2), score=round(s, 4))
                            for k, ((x, y), s) in enumerate(zip(keypoints[i], scores[i]))],
             )  # fmt: skip
-            persons.append(Person(**fields) if track_ids is None else TrackedPerson(**fields, track_id=int(track_ids[i])))
+            persons.append(
+                Person(**fields) if track_ids is None else TrackedPerson(**fields, track_id=int(track_ids[i]))
+            )
         return persons
 
     def model_info(self) -> ModelInfo:

@@ -52,7 +52,9 @@ def draw_poses(
             if visible[a] and visible[b]:
                 pa = tuple(int(round(v)) for v in kps[a])
                 pb = tuple(int(round(v)) for v in kps[b])
-                limb = _side(keypoint_names[a]) if _side(keypoint_names[a]) == _side(keypoint_names[b]) else CENTER_COLOR
+                limb = (
+                    _side(keypoint_names[a]) if _side(keypoint_names[a]) == _side(keypoint_names[b]) else CENTER_COLOR
+                )
                 cv2.line(canvas, pa, pb, limb, thickness, cv2.LINE_AA)
         for k, (x, y) in enumerate(kps):
             if visible[k]:

@@ -202,7 +202,9 @@ def _read_cache(path: Path | None, key: str) -> RuntimeChoice | None:
                   {int(b): v for b, v in t["crops_per_s"].items()}, t["error"])
             for t in raw["trials"]
         ]  # fmt: skip
-        return RuntimeChoice(raw["backend"], raw["dtype"], raw["threads"], "cached", raw["seconds"], raw["agreement_threshold"], trials)
+        return RuntimeChoice(
+            raw["backend"], raw["dtype"], raw["threads"], "cached", raw["seconds"], raw["agreement_threshold"], trials
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged cache is re-measured, not fatal
         log.warning("ignoring runtime cache %s: %s", path, exc)
         return None
@@ -262,7 +264,7 @@ def measure(
             runners[i] = runner
     batches = {b: inputs[:b].contiguous() for b in TIMED_BATCHES}
     samples: dict[int, dict[int, list[float]]] = {i: {b: [] for b in batches} for i in runners}
-    for i, runner in runners.items():  # warm-up: allocator, OpenVINO's first-shape compilation
+    for runner in runners.values():  # warm-up: allocator, OpenVINO's first-shape compilation
         for x in batches.values():
             runner(x)
     for _ in range(rounds):  # round-robin, so load that comes and goes hits every candidate alike
@@ -290,7 +292,9 @@ def select_runner(
         calibration = calibration_inputs(input_size, mean, std) if runtime.backend == "onnxruntime-int8" else None
         runner = create_runner(model, input_size, runtime, onnx_dir=onnx_dir, calibration=calibration)
         dtype = str(runner.dtype).removeprefix("torch.")
-        return runner, RuntimeChoice(runner.backend, dtype, runtime.threads, "forced" if runtime.backend != "auto" else "default")
+        return runner, RuntimeChoice(
+            runner.backend, dtype, runtime.threads, "forced" if runtime.backend != "auto" else "default"
+        )
 
     t0 = time.perf_counter()
     key = cache_key(weights_sha256, input_size, runtime)
@@ -312,7 +316,9 @@ def select_runner(
     candidates = cpu_candidates(threads, runtime.dtype)
     trials, runners = measure(model, codec, candidates, inputs, onnx_dir)
     if not runners:
-        raise RuntimeError("no CPU backend built and agreed with float32: " + "; ".join(f"{t.backend}: {t.error}" for t in trials))
+        raise RuntimeError(
+            "no CPU backend built and agreed with float32: " + "; ".join(f"{t.backend}: {t.error}" for t in trials)
+        )
     best = max(runners, key=lambda i: trials[i].speed)
     if not runtime.threads and threads > 1:  # fewer threads than cores can win where a core is busy with decoding
         half = replace(candidates[best], threads=threads // 2)
@@ -323,7 +329,9 @@ def select_runner(
             runners[len(trials) - 1], best = more_runners[1], len(trials) - 1
     chosen = trials[best]
     torch.set_num_threads(chosen.threads if chosen.backend == "torch" else torch_threads)
-    choice = RuntimeChoice(chosen.backend, chosen.dtype, chosen.threads, "measured", time.perf_counter() - t0, trials=trials)
+    choice = RuntimeChoice(
+        chosen.backend, chosen.dtype, chosen.threads, "measured", time.perf_counter() - t0, trials=trials
+    )
     _write_cache(cache_path, key, choice)
     return runners[best], choice
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+
 import numpy as np
 from pydantic import BaseModel, Field
 
@@ -220,4 +221,3 @@ def make_options(
         min_score=min_score,
         max_persons=max_persons or limit_persons,
     )
-

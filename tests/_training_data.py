@@ -114,7 +114,9 @@ def make_mpii(root: Path, n_train: int = 8, n_val: int = 4, size: int = 128, see
                 gt_pos.append(kps + 1)
                 gt_missing.append(1 - vis)
                 head = kps[9]  # head top; a head box of 0.2 x 0.15 person heights above the neck
-                gt_head.append(np.array([[head[0] - 0.1 * box[3], head[1]], [head[0] + 0.1 * box[3], head[1] + 0.15 * box[3]]]) + 1)
+                gt_head.append(
+                    np.array([[head[0] - 0.1 * box[3], head[1]], [head[0] + 0.1 * box[3], head[1] + 0.15 * box[3]]]) + 1
+                )
         (root / "annotations" / f"mpii_{split}.json").write_text(json.dumps(records))
     savemat(
         str(root / "annotations" / "mpii_gt_val.mat"),
@@ -134,7 +136,9 @@ def write_config(path: Path, dataset: str, root: Path, out_dir: Path, extra: dic
 
     data = {"dataset": dataset, "root": str(root), "workers": 0}
     if dataset == "coco":
-        data.update(train_ann="annotations/person_keypoints_train2017.json", val_ann="annotations/person_keypoints_val2017.json")
+        data.update(
+            train_ann="annotations/person_keypoints_train2017.json", val_ann="annotations/person_keypoints_val2017.json"
+        )
     else:
         data.update(train_ann="annotations/mpii_train.json", val_ann="annotations/mpii_val.json",
                     train_images="images", val_images="images")  # fmt: skip

@@ -15,7 +15,12 @@ def main(config: str, out: str) -> None:
     result = trainer.fit()
     rank = trainer.dist.rank
     torch.save(
-        {"model": trainer.model.state_dict(), "step": result["step"], "val": result["val"], "batch": trainer.batch_size},
+        {
+            "model": trainer.model.state_dict(),
+            "step": result["step"],
+            "val": result["val"],
+            "batch": trainer.batch_size,
+        },
         Path(out) / f"rank{rank}.pt",
     )
     torch.distributed.destroy_process_group()

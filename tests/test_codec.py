@@ -97,8 +97,15 @@ def test_torch_crop_matches_opencv():
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, size=(120, 160, 3)).astype(np.float32)
     image = np.ascontiguousarray(np.repeat(np.repeat(image, 2, 0), 2, 1))  # smoother, 240x320
-    matrices = get_warp_matrix(np.array([[150.0, 100.0], [60.0, 200.0]]), np.array([[120.0, 160.0], [90.0, 120.0]]), (96, 128), np.array([10.0, -30.0]))
-    crops = warp_crops_torch([torch.from_numpy(image).permute(2, 0, 1)], [0, 0], torch.from_numpy(matrices).float(), (96, 128))
+    matrices = get_warp_matrix(
+        np.array([[150.0, 100.0], [60.0, 200.0]]),
+        np.array([[120.0, 160.0], [90.0, 120.0]]),
+        (96, 128),
+        np.array([10.0, -30.0]),
+    )
+    crops = warp_crops_torch(
+        [torch.from_numpy(image).permute(2, 0, 1)], [0, 0], torch.from_numpy(matrices).float(), (96, 128)
+    )
     for i in range(2):
         ref = warp_crop(image, matrices[i], (96, 128))
         got = crops[i].permute(1, 2, 0).numpy()

@@ -6,6 +6,8 @@ import logging
 import numpy as np
 import pytest
 import torch
+from _service_util import make_bundle, noise_image, service_settings
+from _training_data import make_coco, write_config
 
 from model.bundle import load_bundle, load_meta
 from model.codec import HeatmapCodec
@@ -15,9 +17,6 @@ from service.pose_model import PoseModel
 from service.settings import Settings
 from training.cli import export_main, train_main
 from training.config import ConfigError, codec_from_config, config_from_dict, load_config
-
-from _service_util import make_bundle, noise_image, service_settings
-from _training_data import make_coco, write_config
 
 CHANGED = {"sigma": 3.0, "bbox_padding": 1.4, "decode_method": "argmax"}
 BOXES = np.array([[20.0, 10.0, 70.0, 110.0], [90.0, 30.0, 150.0, 100.0]])
@@ -89,7 +88,11 @@ def test_a_bundle_without_a_codec_section_loads_with_the_default_codec(tmp_path,
 
 
 def test_old_recipe_keys_move_into_the_codec_section():
-    old = {"model": {"name": "hevitpose-t", "sigma": 3.0}, "augment": {"bbox_padding": 1.5}, "eval": {"decode": "argmax"}}
+    old = {
+        "model": {"name": "hevitpose-t", "sigma": 3.0},
+        "augment": {"bbox_padding": 1.5},
+        "eval": {"decode": "argmax"},
+    }
     with pytest.warns(FutureWarning, match="model.sigma is now codec.sigma"):
         cfg = config_from_dict(old)
     assert (cfg.codec.sigma, cfg.codec.bbox_padding, cfg.codec.decode_method) == (3.0, 1.5, "argmax")

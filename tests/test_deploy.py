@@ -95,7 +95,9 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 def docker_compose(*args: str) -> subprocess.CompletedProcess:
     exe = tool("docker-compose", "install Debian's docker-compose (scripts/setup.sh reads .ci/apt.txt)")
     # Interpolation must see the files' own defaults, not whatever the caller's shell exports.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEVITPOSE_", "COMPOSE_", "GRAFANA_", "PROMETHEUS_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("HEVITPOSE_", "COMPOSE_", "GRAFANA_", "PROMETHEUS_"))
+    }
     env["DOCKER_HOST"] = "unix:///nonexistent.sock"  # proves that `config` needs no engine
     return run([exe, "--project-directory", str(ROOT), *args], env=env, cwd=ROOT)
 
@@ -178,7 +180,9 @@ def test_gpu_compose_reserves_one_nvidia_gpu_per_replica():
         gpu_ids += device["device_ids"]
         assert service["build"]["dockerfile"] == "docker/Dockerfile"
     assert len(set(gpu_ids)) == len(gpu_ids), "two replicas on one GPU"
-    assert {"published": PORT, "target": PORT} in [{k: int(p[k]) for k in ("published", "target")} for p in services["pose"]["ports"]]
+    assert {"published": PORT, "target": PORT} in [
+        {k: int(p[k]) for k in ("published", "target")} for p in services["pose"]["ports"]
+    ]
     assert services["pose"]["environment"]["HEVITPOSE_WEIGHTS"].startswith("/opt/hevitpose/weights/")
     # The load balancer waits for ready replicas and proxies to the alias they share.
     assert services["lb"]["depends_on"] == {n: {"condition": "service_healthy"} for n in ("pose", "pose-gpu1")}
@@ -302,7 +306,9 @@ def test_dashboard_queries_are_valid_promql(tmp_path):
     rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = run([promtool(), "check", "rules", str(rules_file)])
     assert result.returncode == 0, result.stdout + result.stderr
-    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "bad", "rules": [{"record": "x", "expr": "sum(rate(x[1m])"}]}]}))
+    rules_file.write_text(
+        yaml.safe_dump({"groups": [{"name": "bad", "rules": [{"record": "x", "expr": "sum(rate(x[1m])"}]}]})
+    )
     assert run([promtool(), "check", "rules", str(rules_file)]).returncode != 0
 
 
@@ -411,7 +417,9 @@ def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
 
 def test_build_context_keeps_what_the_dockerfile_copies_and_drops_the_rest():
     patterns = [
-        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
     ]
     copies = re.findall(r"^COPY (?!--from)(.+)$", DOCKERFILE.read_text(), flags=re.M)
     sources = [src for line in copies for src in line.split()[:-1]]
@@ -464,7 +472,11 @@ def test_kubernetes_deployment_one_gpu_per_pod_with_probes_and_scrape_annotation
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
     annotations = pod["metadata"]["annotations"]
-    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"}
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(PORT),
+        "prometheus.io/path": "/metrics",
+    }
     security = pod["spec"]["securityContext"]
     assert security["runAsNonRoot"] is True and security["runAsUser"] == NON_ROOT_UID
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -490,7 +502,11 @@ def test_kubernetes_service_and_scaling_select_the_deployment():
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] == "http"
     hpa = objects["HorizontalPodAutoscaler"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     (metric,) = hpa["spec"]["metrics"]
     assert metric["pods"]["metric"]["name"] in GAUGES
     for resource in objects["Kustomization"]["resources"]:

@@ -241,6 +241,7 @@ def test_backend_setting_and_auto_choice(monkeypatch):
 def test_the_service_builds_the_detector_its_setting_names(tmp_path, astronaut, setting, expected):
     pytest.importorskip("pydantic_settings")
     from _service_util import make_bundle
+
     from service.pose_service import PoseService
     from service.settings import Settings
 

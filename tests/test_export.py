@@ -71,10 +71,15 @@ def test_runners_agree(tmp_path):
     with torch.no_grad():
         ref = model(x)
     for backend in ("torch", "onnxruntime"):
-        runner = create_runner(lively_model(), (96, 128), RuntimeConfig(device="cpu", backend=backend), onnx_dir=tmp_path)
+        runner = create_runner(
+            lively_model(), (96, 128), RuntimeConfig(device="cpu", backend=backend), onnx_dir=tmp_path
+        )
         assert runner.backend == backend
         torch.testing.assert_close(runner(x), ref, atol=1e-4, rtol=1e-4)
-    assert create_runner(lively_model(), (96, 128), RuntimeConfig(device="cpu"), onnx_dir=tmp_path).backend == "onnxruntime"
+    assert (
+        create_runner(lively_model(), (96, 128), RuntimeConfig(device="cpu"), onnx_dir=tmp_path).backend
+        == "onnxruntime"
+    )
 
 
 def test_half_precision_on_cpu_is_refused():
@@ -95,10 +100,14 @@ def test_cuda_half_precision_is_close(dtype):
 
 
 def test_cli_profile_and_unknown_command():
-    done = subprocess.run([sys.executable, "-m", "hevitpose_cli", "profile", "hevitpose-t"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "hevitpose_cli", "profile", "hevitpose-t"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "| hevitpose-t | 3.207 | 3.21 |" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "hevitpose_cli", "frobnicate"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "hevitpose_cli", "frobnicate"], capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode == 2 and "unknown command" in bad.stderr
 
 

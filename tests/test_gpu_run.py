@@ -10,10 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from _training_data import make_coco
 
 from training.pack import read_pack, write_pack
-
-from _training_data import make_coco
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -57,8 +57,14 @@ def test_readme_profile_row_is_what_hevitpose_profile_prints(name):
 def test_citation_cff_is_valid_cff_1_2_0():
     # The Citation File Format schema as vendored by check-jsonschema (a dev dependency).
     done = subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.citation-file-format",
-         str(ROOT / "CITATION.cff")],
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.citation-file-format",
+            str(ROOT / "CITATION.cff"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,

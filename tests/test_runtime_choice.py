@@ -5,13 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from _service_util import make_bundle
 
 from model.bundle import load_bundle
 from model.codec import IMAGENET_MEAN, IMAGENET_STD, HeatmapCodec
 from model.runtime import RuntimeConfig, openvino_available
 from service import runtime_choice as rc
-
-from _service_util import make_bundle
 
 
 def test_calibration_crops_fit_any_input_size():
@@ -61,7 +60,11 @@ def test_auto_measures_keeps_the_fastest_that_agrees_and_caches_it(tmp_path):
     stored = json.loads(cache.read_text())
     assert len(stored) == 1 and next(iter(stored.values()))["backend"] == choice.backend
     again, cached = _select(bundle, cache)
-    assert cached.how == "cached" and (cached.backend, cached.dtype, cached.threads) == (choice.backend, choice.dtype, choice.threads)
+    assert cached.how == "cached" and (cached.backend, cached.dtype, cached.threads) == (
+        choice.backend,
+        choice.dtype,
+        choice.threads,
+    )
     assert again.backend == choice.backend
 
 
@@ -109,7 +112,9 @@ def test_int8_and_openvino_backends_build_and_run(tmp_path):
     x = rc.calibration_inputs((64, 96), meta.mean, meta.std)[:8]
     with torch.no_grad():
         ref = model(x)
-    int8 = create_runner(model, (64, 96), RuntimeConfig(device="cpu", backend="onnxruntime-int8"), onnx_dir=tmp_path, calibration=x)
+    int8 = create_runner(
+        model, (64, 96), RuntimeConfig(device="cpu", backend="onnxruntime-int8"), onnx_dir=tmp_path, calibration=x
+    )
     assert int8.backend == "onnxruntime-int8" and int8(x).shape == ref.shape
     with pytest.raises(ValueError, match="calibration"):
         create_runner(model, (64, 96), RuntimeConfig(device="cpu", backend="onnxruntime-int8"), onnx_dir=tmp_path / "b")

@@ -9,12 +9,6 @@ import math
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
-from model.bundle import load_bundle, sha256
-from model.codec import bbox_to_center_scale
-from model.keypoints import COCO17
-from model.topdown import predict_bboxes
 from _service_util import (
     INPUT_SIZE,
     assert_problem,
@@ -25,6 +19,12 @@ from _service_util import (
     service_settings,
     with_exif_orientation,
 )
+from prometheus_client.parser import text_string_to_metric_families
+
+from model.bundle import load_bundle, sha256
+from model.codec import bbox_to_center_scale
+from model.keypoints import COCO17
+from model.topdown import predict_bboxes
 
 MAX_BODY = 1_000_000
 MAX_PIXELS = 2_000_000
@@ -59,8 +59,13 @@ def test_health_ready_models(client, bundle):
     assert info["weights_sha256"] == sha256(bundle.with_suffix(".safetensors"))
     assert info["device"] == "cpu" and info["backend"] in ("onnxruntime", "openvino", "torch")
     runtime = info["runtime"]  # backend=auto on a CPU: measured at start-up (or taken from that cache)
-    assert runtime["how"] in ("measured", "cached") and (runtime["backend"], runtime["dtype"]) == (info["backend"], info["dtype"])
-    assert any(t["passed"] and (t["backend"], t["dtype"]) == (info["backend"], info["dtype"]) for t in runtime["trials"])
+    assert runtime["how"] in ("measured", "cached") and (runtime["backend"], runtime["dtype"]) == (
+        info["backend"],
+        info["dtype"],
+    )
+    assert any(
+        t["passed"] and (t["backend"], t["dtype"]) == (info["backend"], info["dtype"]) for t in runtime["trials"]
+    )
     assert info["params"] > 1_000_000
 
 
@@ -270,7 +275,7 @@ def test_body_too_large(client):
     assert_problem(post(client, big), 413, "too_large")
 
     def chunks():  # no Content-Length: the limit is enforced while streaming
-        yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.jpg\"\r\n\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.jpg"\r\n\r\n'
         for _ in range(20):
             yield b"\x00" * 100_000
         yield b"\r\n--b--\r\n"
@@ -329,6 +334,7 @@ def test_many_concurrent_clients(server, client):
 
     async def drive():
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as ac:
+
             async def one(i):
                 files = {"image": ("x.jpg", images[i], "image/jpeg")}
                 data = {"boxes": json.dumps(boxes[i]), "flip_test": flip[i]}

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import websockets.exceptions
 import websockets.sync.client
+from _service_util import assert_problem, encode, noise_image, service_settings
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from test_service_video import ColourDetector, draw_frame, write_video
 
 from model.keypoints import COCO17, MPII16
 from service import coco_format, errors
 from service.middleware import ApiKeyMiddleware
-from _service_util import assert_problem, encode, noise_image, service_settings
-from test_service_video import ColourDetector, draw_frame, write_video
 
 KEY = "s3cret-key-for-tests"
 AUTH = {"Authorization": f"Bearer {KEY}"}

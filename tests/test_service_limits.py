@@ -8,12 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _service_util import ServerThread, encode, noise_image
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.cli import main as serve_main
 from service.settings import Settings
-from _service_util import ServerThread, encode, noise_image
 
 JPEG = encode(noise_image(96, 96), ".jpg")
 
@@ -35,6 +35,7 @@ def test_queue_full_is_503_and_deadline_is_504(bundle):
 
         async def burst():
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as ac:
+
                 async def one():
                     files = {"image": ("x.jpg", JPEG, "image/jpeg")}
                     return await ac.post("/v1/predict", files=files, data={"boxes": "[[0, 0, 50, 90]]"})

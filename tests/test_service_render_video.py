@@ -18,10 +18,10 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from _service_util import assert_problem, service_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.video import MP4_CODECS, Mp4Writer
-from _service_util import assert_problem, service_settings
 
 skimage_data = pytest.importorskip("skimage.data")
 

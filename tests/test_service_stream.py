@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pytest
+from _service_util import encode, service_settings
 from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
+from test_service_video import ColourDetector, draw_frame
 
 from service.app import create_app
 from service.settings import Settings
-from _service_util import encode, service_settings
-from test_service_video import ColourDetector, draw_frame
 
 
 @pytest.fixture(scope="module")

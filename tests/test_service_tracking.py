@@ -49,7 +49,7 @@ def test_occlusion_gap_keeps_the_id_and_a_new_person_gets_a_new_one():
     for f in range(1, 10):
         (tid,) = tracker.update(np.array([box_at(50 + 6 * f, 100)]), np.array([0.9]))
         assert tid == first
-    for f in range(10, 16):  # hidden for 6 frames, still walking
+    for _ in range(10, 16):  # hidden for 6 frames, still walking
         assert len(tracker.update(np.zeros((0, 4)), np.zeros(0))) == 0
     (tid,) = tracker.update(np.array([box_at(50 + 6 * 16, 100)]), np.array([0.9]))
     assert tid == first  # found again where the motion model expected it

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _service_util import encode, noise_image, png_bomb, with_exif_orientation
 
 from service import errors, imaging
 from service.batching import DeadlineExceeded, MicroBatcher, QueueFull, Stopped
@@ -24,11 +25,10 @@ from service.detector import (
     nms,
     tile_windows,
 )
-from service.pose_service import person_scores
 from service.metrics import ServiceMetrics
 from service.pose_model import PoseJob, PoseResult
+from service.pose_service import person_scores
 from service.settings import DEFAULT_DETECTOR
-from _service_util import encode, noise_image, png_bomb, with_exif_orientation
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -66,7 +66,13 @@ def test_bomb_refused_before_decoding():
 
 @pytest.mark.parametrize(
     "data, status",
-    [(b"", 400), (b"hello world", 415), (b"GIF89a....", 415), (b"\xff\xd8\xff\xe0\x00", 400), (b"\x89PNG\r\n\x1a\n", 400)],
+    [
+        (b"", 400),
+        (b"hello world", 415),
+        (b"GIF89a....", 415),
+        (b"\xff\xd8\xff\xe0\x00", 400),
+        (b"\x89PNG\r\n\x1a\n", 400),
+    ],
 )
 def test_probe_errors(data, status):
     with pytest.raises(errors.Problem) as exc:
@@ -215,7 +221,9 @@ def nanodet():
     return NanoDetPersonDetector(DetectorConfig(DEFAULT_DETECTOR, threads=1))  # the service's defaults
 
 
-@pytest.mark.parametrize("canvas_wh, at", [((600, 1400), (50, 600)), ((1800, 512), (1200, 0)), ((1400, 700), (37, 150))])
+@pytest.mark.parametrize(
+    "canvas_wh, at", [((600, 1400), (50, 600)), ((1800, 512), (1200, 0)), ((1400, 700), (37, 150))]
+)
 def test_person_found_and_mapped_back_in_tall_and_wide_images(nanodet, astronaut, canvas_wh, at):
     """The photo pasted at a known place on a tall or wide canvas: its box comes back at that place."""
     cw, ch = canvas_wh
@@ -340,9 +348,10 @@ def test_batcher_reports_a_failed_batch_to_each_job():
 
 def test_device_crops_match_opencv_crops(tmp_path):
     """The GPU path (warp_crops_torch in the worker) gives the CPU path's keypoints; run here on the CPU."""
+    from _service_util import make_bundle
+
     from model.runtime import RuntimeConfig
     from service.pose_model import PoseModel
-    from _service_util import make_bundle
 
     pose = PoseModel(make_bundle(tmp_path), RuntimeConfig(device="cpu", backend="torch"))
     image = noise_image(120, 90, seed=4)
@@ -407,6 +416,7 @@ def test_bundle_normalisation_is_honoured(tmp_path):
     import json as _json
 
     from _service_util import make_bundle
+
     from model.runtime import RuntimeConfig
     from service.pose_model import PoseModel
 

@@ -19,9 +19,8 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from _service_util import assert_problem, service_settings
+from prometheus_client.parser import text_string_to_metric_families
 
 W, H = 160, 120
 COLORS = {"A": (255, 0, 0), "B": (0, 0, 255)}  # RGB
@@ -137,7 +136,7 @@ def test_two_people_crossing_keep_their_ids(client, detector, tmp_path):
 def figure_keypoints(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     """17 points on the extent of the colour figure with the most pixels inside ``box``."""
     x1, y1, x2, y2 = (int(round(v)) for v in box)
-    part = image[max(0, y1):y2, max(0, x1):x2].astype(np.int16)
+    part = image[max(0, y1) : y2, max(0, x1) : x2].astype(np.int16)
     best = None
     for rgb in COLORS.values():
         c = int(np.argmax(rgb))

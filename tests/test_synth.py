@@ -17,7 +17,7 @@ from model.keypoints import COCO17
 from training.synth.annotate import coco_annotations
 from training.synth.body import BodyModel
 from training.synth.generate import split_of
-from training.synth.render import Camera, MeshSpec, Renderer, SceneSpec, look_at, Light
+from training.synth.render import Camera, Light, MeshSpec, Renderer, SceneSpec, look_at
 from training.synth.scene import Person
 
 NUM, SIZE, SEED = 8, 128, 3

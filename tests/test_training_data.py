@@ -3,14 +3,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from _training_data import make_coco, make_mpii
 
 from model.codec import IMAGENET_MEAN, IMAGENET_STD, decode_heatmaps
 from model.keypoints import COCO17
-from training.data import train_dataset, val_dataset
-from training.config import config_from_dict
 from training.annotations import DatasetError, load_coco, load_mpii
-
-from _training_data import make_coco, make_mpii
+from training.config import config_from_dict
+from training.data import train_dataset, val_dataset
 
 
 def _cfg(root, dataset="coco", input_size=(64, 64), **data):

@@ -3,11 +3,10 @@ import math
 
 import numpy as np
 import pytest
+from _training_data import MPII_MAT_NAMES, make_coco, make_mpii
 
 from model.keypoints import COCO17
 from training.evaluation import coco_keypoint_ap, coco_results, load_mpii_gt, mpii_pckh, oks_iou, oks_nms, rescore
-
-from _training_data import MPII_MAT_NAMES, make_coco, make_mpii
 
 ANKLES, KNEES, WRISTS = (0, 5), (1, 4), (10, 15)
 
@@ -124,9 +123,9 @@ def test_rescoring_and_oks_nms():
 def test_coco_evaluation_on_detected_boxes_end_to_end(tmp_path):
     """Detections equal to the ground-truth boxes (plus a duplicate and a low-score box), the
     ground-truth keypoints as predictions: rescoring, OKS-NMS and COCOeval give AP 1."""
+    from training.config import config_from_dict
     from training.data import val_dataset
     from training.evaluation import evaluate
-    from training.config import config_from_dict
 
     ann_file, anns = _coco_gt(tmp_path)
     root = ann_file.parent.parent

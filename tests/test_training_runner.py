@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _training_data import make_coco, make_mpii, write_config
 
 import training.trainer as trainer
 from model.bundle import load_bundle
 from training.cli import eval_main, export_main, train_main
 from training.config import load_config
 from training.trainer import Trainer
-
-from _training_data import make_coco, make_mpii, write_config
 
 TESTS = Path(__file__).resolve().parent
 

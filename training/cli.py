@@ -30,8 +30,8 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
     args = parser.parse_intermixed_args(argv)
 
-    from training.config import load_config
     from training.annotations import DatasetError
+    from training.config import load_config
     from training.trainer import NonFiniteLoss, Trainer
 
     try:
@@ -65,12 +65,18 @@ def train_main(argv: list[str]) -> int:
 
 
 def eval_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="hevitpose eval", description="Evaluate a checkpoint on the recipe's validation set.")
+    parser = argparse.ArgumentParser(
+        prog="hevitpose eval", description="Evaluate a checkpoint on the recipe's validation set."
+    )
     parser.add_argument("config")
     parser.add_argument("checkpoint", help="last.pt / best.pt, or a serving bundle (.json/.safetensors)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    parser.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None, help="default: the recipe's (on)")
-    parser.add_argument("--decode", choices=["dark", "argmax"], default=None, help="default: the recipe's codec.decode_method (dark)")
+    parser.add_argument(
+        "--flip-test", action=argparse.BooleanOptionalAction, default=None, help="default: the recipe's (on)"
+    )
+    parser.add_argument(
+        "--decode", choices=["dark", "argmax"], default=None, help="default: the recipe's codec.decode_method (dark)"
+    )
     parser.add_argument("--out", help="also write the metrics to this JSON file")
     args = parser.parse_intermixed_args(argv)
 
@@ -95,7 +101,9 @@ def eval_main(argv: list[str]) -> int:
     kset = dataset.instances.keypoint_set
     out_channels = model(torch.zeros(1, 3, 64, 64)).shape[1]
     if out_channels != kset.num_keypoints:
-        return _fail("eval", f"checkpoint predicts {out_channels} keypoints; the {cfg.data.dataset} set has {kset.num_keypoints}")
+        return _fail(
+            "eval", f"checkpoint predicts {out_channels} keypoints; the {cfg.data.dataset} set has {kset.num_keypoints}"
+        )
     device = pick_device(cfg.run.device)
     model = model.to(device)
     if cfg.run.channels_last:

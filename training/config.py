@@ -167,7 +167,9 @@ def move_old_keys(raw: dict[str, Any]) -> dict[str, Any]:
         value = section.pop(old_key)
         target = raw.setdefault(new_section, {})
         if new_key in target and target[new_key] != value:
-            raise ConfigError(f"{old_section}.{old_key}={value!r} disagrees with {new_section}.{new_key}={target[new_key]!r}")
+            raise ConfigError(
+                f"{old_section}.{old_key}={value!r} disagrees with {new_section}.{new_key}={target[new_key]!r}"
+            )
         target[new_key] = value
         warnings.warn(f"recipe key {old_section}.{old_key} is now {new_section}.{new_key}", FutureWarning, stacklevel=3)
     return raw

@@ -6,16 +6,24 @@ With :func:`training.evaluation.evaluate`, the only place that knows COCO from M
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from training.annotations import (
+    DatasetError,
+    Instances,
+    concat_instances,
+    load_coco,
+    load_mpii,
+    repeat_instances,
+    require,
+)
 from training.config import AugmentConfig, TrainConfig, codec_from_config
-from training.annotations import DatasetError, Instances, concat_instances, load_coco, load_mpii, repeat_instances, require
 from training.dataset import TopDownDataset
 from training.evaluation import load_mpii_gt
 

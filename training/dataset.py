@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from model.codec import HeatmapCodec, apply_affine, get_warp_matrix, normalize, warp_crop
-from training.config import AugmentConfig
 from training.annotations import Instances
+from training.config import AugmentConfig
 from training.transforms import Crop, compose, flip_matrix, random_crop
 
 
@@ -88,13 +88,16 @@ class TopDownDataset(Dataset):
             pixels = torch.zeros(3, h, w)
         sample = {
             "input": normalize(pixels[None])[0] if valid else pixels,
-            "inv_matrix": torch.from_numpy(get_warp_matrix(crop.center, crop.scale, (w, h), crop.rotation, inv=True)[0]),
+            "inv_matrix": torch.from_numpy(
+                get_warp_matrix(crop.center, crop.scale, (w, h), crop.rotation, inv=True)[0]
+            ),
             "index": index,
             "valid": valid,
         }
         if self.train:
             kps_input = apply_affine(
-                np.asarray(keypoints, dtype=np.float64)[None], get_warp_matrix(crop.center, crop.scale, (w, h), crop.rotation)
+                np.asarray(keypoints, dtype=np.float64)[None],
+                get_warp_matrix(crop.center, crop.scale, (w, h), crop.rotation),
             )[0]
             target, weight = codec.encode(
                 torch.from_numpy(kps_input).float(), torch.from_numpy(np.asarray(visible)).float() * valid

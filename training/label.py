@@ -103,7 +103,9 @@ def check_source(source: Source) -> None:
 
 
 def _thumb(image: np.ndarray) -> np.ndarray:
-    return cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (64, 64), interpolation=cv2.INTER_AREA).astype(
+        np.float32
+    )
 
 
 def frames(source: Source, cfg: LabelConfig) -> Iterator[tuple[int, np.ndarray]]:
@@ -240,7 +242,9 @@ class Labeller:
                     max(y2, pts[:, 1].max()),
                 ]
             )
-            people.append(Person(np.clip(bbox, 0, [w, h, w, h]), person.score, keypoints, np.where(labelled, scores, 0.0)))
+            people.append(
+                Person(np.clip(bbox, 0, [w, h, w, h]), person.score, keypoints, np.where(labelled, scores, 0.0))
+            )
         return people
 
 
@@ -269,10 +273,14 @@ def annotation(person: Person, ann_id: int, image_id: int) -> dict:
 
 def categories() -> list[dict]:
     skeleton = [[a + 1, b + 1] for a, b in COCO17.skeleton]  # COCO's skeleton is 1-based
-    return [{"id": 1, "name": "person", "supercategory": "person", "keypoints": list(COCO17.names), "skeleton": skeleton}]
+    return [
+        {"id": 1, "name": "person", "supercategory": "person", "keypoints": list(COCO17.names), "skeleton": skeleton}
+    ]
 
 
-def label_dataset(inputs: list[str], out_dir: Path, split: str, cfg: LabelConfig, models_dir: Path, progress: bool = True) -> dict:
+def label_dataset(
+    inputs: list[str], out_dir: Path, split: str, cfg: LabelConfig, models_dir: Path, progress: bool = True
+) -> dict:
     """Label ``inputs`` into ``out_dir`` (see the module docstring); returns a summary."""
     sources = find_sources(inputs)
     for source in sources:
@@ -280,7 +288,9 @@ def label_dataset(inputs: list[str], out_dir: Path, split: str, cfg: LabelConfig
     ann_path = out_dir / "annotations" / f"person_keypoints_{split}.json"
     image_dir = out_dir / "images" / split
     if ann_path.exists() or image_dir.exists():
-        raise LabelError(f"{out_dir} already holds a {split!r} split ({ann_path.name}); choose another --split or folder")
+        raise LabelError(
+            f"{out_dir} already holds a {split!r} split ({ann_path.name}); choose another --split or folder"
+        )
     labeller = Labeller(cfg, models_dir)
     tmp_images = out_dir / "images" / f".{split}.partial"
     if tmp_images.exists():
@@ -307,7 +317,14 @@ def label_dataset(inputs: list[str], out_dir: Path, split: str, cfg: LabelConfig
                     raise LabelError(f"could not write {tmp_images / name}")
                 h, w = bgr.shape[:2]
                 images.append(
-                    {"id": image_id, "file_name": name, "width": w, "height": h, "source": str(source.path), "frame": index}
+                    {
+                        "id": image_id,
+                        "file_name": name,
+                        "width": w,
+                        "height": h,
+                        "source": str(source.path),
+                        "frame": index,
+                    }
                 )
                 for person in people:
                     anns.append(annotation(person, len(anns) + 1, image_id))
@@ -362,13 +379,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("out_dir", metavar="OUT_DIR")
     parser.add_argument("--split", default="train", help="dataset split name (default train)")
     parser.add_argument("--teachers", default=",".join(defaults.teachers), help="comma-separated (default: all three)")
-    parser.add_argument("--models-dir", default=None, help="teacher ONNX files (default $HEVITPOSE_TEACHERS or ../shared/models)")
+    parser.add_argument(
+        "--models-dir", default=None, help="teacher ONNX files (default $HEVITPOSE_TEACHERS or ../shared/models)"
+    )
     parser.add_argument("--every-n", type=int, default=defaults.every_n, help="videos: keep every n-th frame")
-    parser.add_argument("--dedup", type=float, default=defaults.dedup, help="skip near-duplicate frames (mean abs diff, 0-255; 0 = off)")
-    parser.add_argument("--max-side", type=int, default=defaults.max_side, help="downscale frames to this longer side (0 = keep)")
+    parser.add_argument(
+        "--dedup", type=float, default=defaults.dedup, help="skip near-duplicate frames (mean abs diff, 0-255; 0 = off)"
+    )
+    parser.add_argument(
+        "--max-side", type=int, default=defaults.max_side, help="downscale frames to this longer side (0 = keep)"
+    )
     parser.add_argument("--multipose-size", type=int, default=defaults.multipose_size)
     parser.add_argument("--min-score", type=float, default=defaults.min_score, help="per-keypoint teacher confidence")
-    parser.add_argument("--agree-oks", type=float, default=defaults.agree_oks, help="per-joint similarity for agreement")
+    parser.add_argument(
+        "--agree-oks", type=float, default=defaults.agree_oks, help="per-joint similarity for agreement"
+    )
     parser.add_argument("--min-keypoints", type=int, default=defaults.min_keypoints)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per teacher (0 = default)")
     parser.add_argument("--no-progress", action="store_true")

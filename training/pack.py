@@ -127,7 +127,11 @@ def read_pack(pack: Path, out: Path, workers: int = 0) -> dict:
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
         frames = sum(pool.map(_decode_video, sorted(jobs.items())))
     shutil.copytree(pack / "synth", out / "synth", dirs_exist_ok=True)
-    return {"real_frames": frames, "videos": len(jobs), "synth_images": sum(1 for _ in (out / "synth/images").rglob("*.webp"))}
+    return {
+        "real_frames": frames,
+        "videos": len(jobs),
+        "synth_images": sum(1 for _ in (out / "synth/images").rglob("*.webp")),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

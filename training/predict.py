@@ -42,7 +42,12 @@ def predict(
         scores.append(conf.float().cpu().numpy())
         valid.append(np.asarray(batch["valid"], dtype=bool))
     if not indices:
-        return {"index": np.zeros(0, int), "keypoints": np.zeros((0, 0, 2)), "scores": np.zeros((0, 0)), "valid": np.zeros(0, bool)}
+        return {
+            "index": np.zeros(0, int),
+            "keypoints": np.zeros((0, 0, 2)),
+            "scores": np.zeros((0, 0)),
+            "valid": np.zeros(0, bool),
+        }
     return {
         "index": np.concatenate(indices),
         "keypoints": np.concatenate(keypoints),

@@ -34,9 +34,7 @@ router = APIRouter()
 NDJSON = "application/x-ndjson"
 CLIENT_CLOSED = 499  # nginx's status for "the client left before the answer": logged and counted, never seen
 
-VideoField = Annotated[
-    UploadFile, File(description="a video OpenCV's FFmpeg reads: MP4/H.264, AVI/MJPEG, WebM, ...")
-]
+VideoField = Annotated[UploadFile, File(description="a video OpenCV's FFmpeg reads: MP4/H.264, AVI/MJPEG, WebM, ...")]
 FormatField = Annotated[Literal["json", "coco"], Form(
     description="json (default), or coco: COCO keypoint results, image_id = the frame's index")]  # fmt: skip
 CocoEntries = TypeAdapter(list[TrackedCocoEntry])

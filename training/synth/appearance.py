@@ -121,7 +121,9 @@ def body_colors(body: PosedBody, model: BodyModel, rng: np.random.Generator) -> 
     ear_y = kp[3:5, 1].mean()
     if rng.random() < 0.92:
         hair_line = eye_z + rng.uniform(0.02, 0.06)
-        hair = head & ((rest[:, 2] > hair_line) | ((rest[:, 1] > ear_y - 0.01) & (rest[:, 2] > eye_z - rng.uniform(0.0, 0.15))))
+        hair = head & (
+            (rest[:, 2] > hair_line) | ((rest[:, 1] > ear_y - 0.01) & (rest[:, 2] > eye_z - rng.uniform(0.0, 0.15)))
+        )
         hair_color = HAIR_COLORS[rng.integers(len(HAIR_COLORS))] if rng.random() < 0.9 else random_color(rng)
         colors[hair] = hair_color * rng.uniform(0.8, 1.1, (int(hair.sum()), 1))
     # Eyebrows and lips, placed from the eyes and nose and scaled by the distance between the eyes.
@@ -133,7 +135,12 @@ def body_colors(body: PosedBody, model: BodyModel, rng: np.random.Generator) -> 
         brow &= np.abs(rest[:, 0] - kp[side, 0]) < 0.022 * scale
         colors[brow] = colors[brow] * 0.35 + 0.02
     dz_nose = rest[:, 2] - kp[0, 2]
-    lips = front & (dz_nose > -0.045 * scale) & (dz_nose < -0.027 * scale) & (np.abs(rest[:, 0] - kp[0, 0]) < 0.022 * scale)
+    lips = (
+        front
+        & (dz_nose > -0.045 * scale)
+        & (dz_nose < -0.027 * scale)
+        & (np.abs(rest[:, 0] - kp[0, 0]) < 0.022 * scale)
+    )
     colors[lips] = colors[lips] * np.array([0.85, 0.6, 0.6]) * rng.uniform(0.8, 1.0)
     colors[model.eye_vertices] = rng.uniform(0.02, 0.25)
     return to_linear(colors)
@@ -182,7 +189,9 @@ def procedural_background(h: int, w: int, rng: np.random.Generator) -> np.ndarra
         shape = rng.integers(3)
         if shape == 0:
             x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-            cv2.rectangle(img, (x0, y0), (x0 + int(rng.integers(5, w // 2)), y0 + int(rng.integers(5, h // 2))), color, -1)
+            cv2.rectangle(
+                img, (x0, y0), (x0 + int(rng.integers(5, w // 2)), y0 + int(rng.integers(5, h // 2))), color, -1
+            )
         elif shape == 1:
             center = (int(rng.integers(0, w)), int(rng.integers(0, h)))
             cv2.circle(img, center, int(rng.integers(3, max(h, w) // 5)), color, -1)

@@ -98,9 +98,7 @@ class BodyModel:
             shape=(len(self.model.template_vertices), n_faces),
         )
         self.part_vertices = [np.flatnonzero(self.vertex_part == p) for p in range(len(PARTS))]
-        self.keypoint_parts = [
-            np.array([PART_INDEX[p] for p in KEYPOINT_PARTS[name]]) for name in COCO17.names
-        ]
+        self.keypoint_parts = [np.array([PART_INDEX[p] for p in KEYPOINT_PARTS[name]]) for name in COCO17.names]
         # Every other vertex of a keypoint's parts is plenty to measure how deep it lies.
         self._radius_vertices = [
             np.concatenate([self.part_vertices[p] for p in parts])[::2] for parts in self.keypoint_parts
@@ -115,7 +113,7 @@ class BodyModel:
         self._dominant_bone = indices[np.arange(len(indices)), weights.argmax(1)]
         parents = list(self.model.bone_parents)
         bone_part = np.zeros(len(self.bone_labels), dtype=np.int64)
-        for b, label in enumerate(self.bone_labels):
+        for b in range(len(self.bone_labels)):
             a = b
             while self.bone_labels[a] not in _BONE_PART:
                 a = parents[a]

@@ -173,11 +173,13 @@ def _seat(keypoints: np.ndarray, yaw: float, rng: np.random.Generator) -> MeshSp
     return _box(np.array([center[0], center[1], 0.0]), size, yaw, random_color(rng), rng)
 
 
-def sample_scene(
-    model: BodyModel, rng: np.random.Generator, settings: SceneSettings
-) -> tuple[SceneSpec, list[Person]]:
+def sample_scene(model: BodyModel, rng: np.random.Generator, settings: SceneSettings) -> tuple[SceneSpec, list[Person]]:
     w, h = settings.width, settings.height
-    n_people = int(rng.choice(np.arange(1, settings.max_people + 1), p=_people_weights(settings.people_weights, settings.max_people)))
+    n_people = int(
+        rng.choice(
+            np.arange(1, settings.max_people + 1), p=_people_weights(settings.people_weights, settings.max_people)
+        )
+    )
     phenotypes = [sample_phenotype(rng) for _ in range(n_people)]
     poses = [sample_pose(rng, weights=settings.activity_weights or None) for _ in range(n_people)]
     bodies = model.pose(phenotypes, [rot for _, rot in poses])
@@ -203,7 +205,11 @@ def sample_scene(
     ground_dist = float(np.sqrt(max(distance**2 - (cam_height - main_h / 2) ** 2, 0.6**2)))
     half_width = ground_dist * (w / 2) / fx
     target = np.array(
-        [rng.uniform(-settings.aim_lateral, settings.aim_lateral) * half_width, ground_dist, main_h * rng.uniform(*settings.aim_height)]
+        [
+            rng.uniform(-settings.aim_lateral, settings.aim_lateral) * half_width,
+            ground_dist,
+            main_h * rng.uniform(*settings.aim_height),
+        ]
     )
     eye = np.array([0.0, 0.0, cam_height])
     camera = Camera(fx, fy, w / 2, h / 2, look_at(eye, target, rng.normal(0, settings.camera_roll_deg)))
@@ -299,7 +305,9 @@ def _random_lights(rng: np.random.Generator) -> tuple[list[Light], np.ndarray]:
     lights = []
     for k in range(int(rng.integers(1, 4))):
         azimuth, elevation = rng.uniform(0, 2 * np.pi), rng.uniform(np.radians(15), np.radians(85))
-        direction = -np.array([np.cos(azimuth) * np.cos(elevation), np.sin(azimuth) * np.cos(elevation), np.sin(elevation)])
+        direction = -np.array(
+            [np.cos(azimuth) * np.cos(elevation), np.sin(azimuth) * np.cos(elevation), np.sin(elevation)]
+        )
         tint = np.clip(1.0 + rng.normal(0, 0.08, 3), 0.7, 1.0)
         intensity = rng.uniform(1.5, 5.0) if k == 0 else rng.uniform(0.3, 2.0)
         lights.append(Light(direction, tint, float(intensity)))
