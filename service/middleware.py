@@ -73,6 +73,20 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
+class StatusRecorder:
+    """A ``send`` that remembers the response status; 500 until one is sent, which is what the
+    client gets when nothing inside answered (an unhandled error)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 class AccessLogMiddleware:
     """One JSON access line per request: method, path, status, duration, body bytes received."""
 
@@ -84,14 +98,8 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500  # what the client gets when nothing inside answered (an unhandled error)
+        sent = StatusRecorder(send)
         received = 0
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
 
         async def receive_counted() -> Message:
             nonlocal received
@@ -101,11 +109,11 @@ class AccessLogMiddleware:
             return message
 
         try:
-            await self.app(scope, receive_counted, send_status)
+            await self.app(scope, receive_counted, sent)
         finally:
             access_log.info(
                 "request",
-                extra={"method": scope["method"], "path": scope["path"], "status": status,
+                extra={"method": scope["method"], "path": scope["path"], "status": sent.status,
                        "duration_ms": round((time.perf_counter() - start) * 1e3, 2), "bytes_in": received},
             )  # fmt: skip
 
@@ -122,23 +130,16 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        sent = StatusRecorder(send)
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, sent)
         finally:
             # The router puts the matched route into the scope. Refusals sent before routing (413,
             # 415, 401) still count under their endpoint; unknown paths under "other", so that
             # scanners cannot grow the label set.
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or (scope["path"] if scope["path"] in ENDPOINTS else "other")
-            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.requests.labels(endpoint, str(sent.status)).inc()
             self.metrics.request_duration.labels(endpoint).observe(time.perf_counter() - start)
 
 
