@@ -1,6 +1,15 @@
 import os
 
+import anyio
 import pytest
+
+# anyio is a pytest plugin, so pytest rewrites its modules as they are imported, with ast.parse; and anyio
+# imports open_file lazily, on first use, which for Starlette's FileResponse is in a server thread during a
+# test. On CPython 3.11 an ast.parse in one thread while another builds an AST can fail with "SystemError:
+# AST constructor recursion depth mismatch" (python/cpython#106905, pytest-dev/pytest#10763), and the
+# server then drops the connection (seen in test_service_render_video under load). Resolving the name
+# here imports the module once, in the main thread, before any server starts.
+anyio.open_file  # noqa: B018
 
 
 @pytest.fixture(autouse=True, scope="session")
