@@ -167,7 +167,7 @@ def export_main(argv: list[str]) -> int:
         info["keypoint_set"],
         codec=codec,
         metrics=metrics,
-        description=f"{info['model']} trained with recipe {name} for {info['epoch']} epochs",
+        description=f"{info['model']} trained with recipe {cfg.name} for {info['epoch']} epochs",
     )
     out_dir = Path(args.out_dir)
     weights = save_bundle(model, meta, out_dir / name, dtype=getattr(torch, args.dtype))
