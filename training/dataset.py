@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.codec import HeatmapCodec, apply_affine, get_warp_matrix, normalize, warp_crop
+from model.codec import HeatmapCodec, apply_affine, get_warp_matrix, invert_affine, normalize, warp_crop
 from training.annotations import Instances
 from training.config import AugmentConfig
 from training.transforms import Crop, compose, flip_matrix, random_crop
@@ -78,9 +78,9 @@ class TopDownDataset(Dataset):
             )
         else:
             crop = Crop(center, scale, 0.0, False)
-        matrix = get_warp_matrix(crop.center, crop.scale, (w, h), crop.rotation)[0]
-        if crop.flip:
-            matrix = compose(matrix, flip_matrix(image_width))
+        # image -> input for the (already flipped) keypoints; the pixels are flipped first, by ``matrix``
+        warp = get_warp_matrix(crop.center, crop.scale, (w, h), crop.rotation)[0]
+        matrix = compose(warp, flip_matrix(image_width)) if crop.flip else warp
         if valid:
             pixels = cv2.cvtColor(warp_crop(image, matrix, (w, h)), cv2.COLOR_BGR2RGB)
             pixels = torch.from_numpy(pixels).permute(2, 0, 1).float()
@@ -88,17 +88,12 @@ class TopDownDataset(Dataset):
             pixels = torch.zeros(3, h, w)
         sample = {
             "input": normalize(pixels[None])[0] if valid else pixels,
-            "inv_matrix": torch.from_numpy(
-                get_warp_matrix(crop.center, crop.scale, (w, h), crop.rotation, inv=True)[0]
-            ),
+            "inv_matrix": torch.from_numpy(invert_affine(warp)),
             "index": index,
             "valid": valid,
         }
         if self.train:
-            kps_input = apply_affine(
-                np.asarray(keypoints, dtype=np.float64)[None],
-                get_warp_matrix(crop.center, crop.scale, (w, h), crop.rotation),
-            )[0]
+            kps_input = apply_affine(np.asarray(keypoints, dtype=np.float64), warp)
             target, weight = codec.encode(
                 torch.from_numpy(kps_input).float(), torch.from_numpy(np.asarray(visible)).float() * valid
             )
