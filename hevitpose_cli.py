@@ -19,12 +19,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("training.cli", "export_main", "write a serving bundle and an ONNX file"),
     "synth": ("training.synth.cli", "main", "render a synthetic COCO-format people dataset"),
     "label": ("training.label", "main", "label images and videos with teacher models (COCO keypoints)"),
+    "occluders": ("training.occluders", "main", "cut labelled people out with a teacher's mask (training occluders)"),
 }
 
 
 def usage() -> str:
     lines = ["usage: hevitpose COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "Run 'hevitpose COMMAND --help' for a command's options."]
     return "\n".join(lines)
 

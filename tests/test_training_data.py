@@ -12,13 +12,14 @@ from training.config import config_from_dict
 from training.data import train_dataset, val_dataset
 
 
-def _cfg(root, dataset="coco", input_size=(64, 64), **data):
+def _cfg(root, dataset="coco", input_size=(64, 64), augment=None, **data):
     base = {"dataset": dataset, "root": str(root), "workers": 0}
     if dataset == "mpii":
         base.update(train_ann="annotations/mpii_train.json", val_ann="annotations/mpii_val.json",
                     train_images="images", val_images="images")  # fmt: skip
     base.update(data)
-    return config_from_dict({"model": {"name": "hevitpose-t", "input_size": list(input_size)}, "data": base})
+    model = {"name": "hevitpose-t", "input_size": list(input_size)}
+    return config_from_dict({"model": model, "data": base, "augment": augment or {}})
 
 
 def test_coco_format_under_other_names_reads_through_the_same_code(tmp_path):
@@ -176,3 +177,38 @@ def test_teacher_confidence_becomes_the_joint_weight(tmp_path):
     np.testing.assert_allclose(weight[inside], scores[inside], rtol=1e-6)
     # the Gaussian peaks at 1 whatever the weight: the weight scales the loss, not the target
     assert np.allclose(sample["target"].flatten(1).amax(1).numpy()[inside], 1.0, atol=0.07)
+
+
+def test_appearance_augmentation_changes_pixels_not_targets(tmp_path):
+    """Colour, blur and the hole act on the crop only: the same draw of the crop (flip, scale,
+    rotation) and the same targets as without them, other pixels, and a hole of the stated size."""
+    root = make_coco(tmp_path / "coco", n_train=3, n_val=1, size=160)
+    plain = train_dataset(_cfg(root, input_size=(64, 64)))
+    hole = {"dropout_prob": 1.0, "dropout_size": (0.25, 0.25)}
+    dropped = train_dataset(_cfg(root, input_size=(64, 64), augment=hole))
+    colour = {"hsv_prob": 1.0, "blur_prob": 1.0, "median_blur_prob": 1.0}
+    coloured = train_dataset(_cfg(root, input_size=(64, 64), augment=colour))
+    for i in range(len(plain)):
+        a, b, c = plain[(2, i)], dropped[(2, i)], coloured[(2, i)]
+        for other in (b, c):
+            assert torch.equal(a["target"], other["target"]) and a["flipped"] == other["flipped"]
+            assert not torch.equal(a["input"], other["input"])
+        # the hole is 16x16 input pixels of ImageNet-normalised black, and nothing else changed
+        black = (-torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD))[:, None, None]
+        differs = (a["input"] != b["input"]).any(0)
+        ys, xs = torch.nonzero(differs, as_tuple=True)
+        assert ys.max() - ys.min() < 16 and xs.max() - xs.min() < 16
+        y0, x0 = int(ys.min()), int(xs.min())
+        patch = b["input"][:, y0 : y0 + 1, x0 : x0 + 1]
+        assert torch.allclose(patch, black, atol=1e-5)
+
+
+def test_appearance_augmentation_off_draws_nothing(tmp_path):
+    """A recipe without the appearance keys keeps its samples: the defaults draw no random number."""
+    from training.appearance import augment_appearance
+    from training.config import AugmentConfig
+
+    rng, ref = np.random.default_rng(0), np.random.default_rng(0)
+    image = np.full((8, 8, 3), 100, np.uint8)
+    assert augment_appearance(image, AugmentConfig(), rng) is image
+    assert rng.random() == ref.random()

@@ -69,6 +69,18 @@ class AugmentConfig:
     rotation_prob: float = 0.6
     center_shift_prob: float = 0.0
     center_shift_factor: float = 0.16
+    # Appearance of the crop (training/appearance.py, RTMPose's values in its comments); 0 = off.
+    hsv_prob: float = 0.0
+    hsv_delta: tuple[int, int, int] = (5, 30, 30)  # hue, saturation, value in OpenCV's 8-bit HSV
+    blur_prob: float = 0.0
+    median_blur_prob: float = 0.0
+    blur_max_kernel: int = 7
+    dropout_prob: float = 0.0  # one hole, filled with 0
+    dropout_size: tuple[float, float] = (0.2, 0.4)  # hole side, fraction of the crop's side
+    # Real people pasted over the crop (training/occluders.py; `hevitpose occluders` makes the folder)
+    occluder_dir: str = ""  # relative to data.root; "" = none
+    occluder_prob: float = 0.0
+    occluder_size: tuple[float, float] = (0.5, 1.0)  # occluder height, fraction of the crop's
 
 
 @dataclass
@@ -271,6 +283,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("data.train_repeat and data.extra_train_repeat must be at least 1")
     if cfg.optim.epochs <= 0:
         raise ConfigError("optim.epochs must be positive")
+    a = cfg.augment
+    if a.blur_max_kernel < 3 or a.blur_max_kernel % 2 == 0:
+        raise ConfigError(f"augment.blur_max_kernel: {a.blur_max_kernel} must be odd and at least 3")
+    if not 0 < a.dropout_size[0] <= a.dropout_size[1] <= 1:
+        raise ConfigError(f"augment.dropout_size: {list(a.dropout_size)} must be 0 < min <= max <= 1")
+    if a.occluder_prob > 0 and not a.occluder_dir:
+        raise ConfigError("augment.occluder_prob > 0 needs augment.occluder_dir")
+    if not 0 < a.occluder_size[0] <= a.occluder_size[1]:
+        raise ConfigError(f"augment.occluder_size: {list(a.occluder_size)} must be 0 < min <= max")
     try:
         codec_from_config(cfg)
     except ValueError as exc:

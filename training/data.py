@@ -26,6 +26,7 @@ from training.annotations import (
 from training.config import AugmentConfig, TrainConfig, codec_from_config
 from training.dataset import TopDownDataset
 from training.evaluation import load_mpii_gt
+from training.occluders import OccluderBank
 
 
 def _path(cfg: TrainConfig, rel: str) -> Path:
@@ -69,7 +70,10 @@ def train_dataset(cfg: TrainConfig) -> TopDownDataset:
 
         ids = COCO_UPPER_BODY if cfg.data.dataset == "coco" else MPII_UPPER_BODY
         aug = AugmentConfig(**{**aug.__dict__, "upper_body_ids": ids})
-    return TopDownDataset(load_instances(cfg, "train"), codec_from_config(cfg), aug, train=True, seed=cfg.run.seed)
+    occluders = OccluderBank(_path(cfg, aug.occluder_dir)) if aug.occluder_dir else None
+    return TopDownDataset(
+        load_instances(cfg, "train"), codec_from_config(cfg), aug, train=True, seed=cfg.run.seed, occluders=occluders
+    )
 
 
 def val_dataset(cfg: TrainConfig) -> TopDownDataset:

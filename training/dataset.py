@@ -16,7 +16,9 @@ from torch.utils.data import Dataset
 
 from model.codec import HeatmapCodec, apply_affine, get_warp_matrix, invert_affine, normalize, warp_crop
 from training.annotations import Instances
+from training.appearance import augment_appearance
 from training.config import AugmentConfig
+from training.occluders import OccluderBank, occlude
 from training.transforms import Crop, compose, flip_matrix, random_crop
 
 
@@ -36,8 +38,10 @@ class TopDownDataset(Dataset):
         augment: AugmentConfig | None = None,
         train: bool = False,
         seed: int = 0,
+        occluders: OccluderBank | None = None,
     ):
         self.instances = instances
+        self.occluders = occluders
         self.codec = codec
         self.augment = augment or AugmentConfig()
         self.train = train
@@ -83,6 +87,11 @@ class TopDownDataset(Dataset):
         matrix = compose(warp, flip_matrix(image_width)) if crop.flip else warp
         if valid:
             pixels = cv2.cvtColor(warp_crop(image, matrix, (w, h)), cv2.COLOR_BGR2RGB)
+            if self.train:
+                aug = self.augment
+                if self.occluders is not None and aug.occluder_prob > 0 and rng.random() < aug.occluder_prob:
+                    pixels = occlude(pixels, self.occluders, aug.occluder_size, rng)
+                pixels = augment_appearance(pixels, aug, rng)
             pixels = torch.from_numpy(pixels).permute(2, 0, 1).float()
         else:
             pixels = torch.zeros(3, h, w)
