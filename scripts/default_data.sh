@@ -38,6 +38,9 @@ ln -sfn ../videos/MultiPerson/cam03.mp4 "$footage/val/multi_cam03.mp4"
 label=(.venv/bin/hevitpose label --max-side 960 --multipose-size 640 --no-progress)
 [ -f "$data/real/annotations/person_keypoints_val.json" ] || "${label[@]}" "$footage/val" "$data/real" --split val
 [ -f "$data/real/annotations/person_keypoints_train.json" ] || "${label[@]}" "$footage/train" "$data/real" --split train
+# training occluders (augment.occluder_dir): people of the training split only, cut out with BlazePose's mask
+[ -d "$data/real/occluders" ] || .venv/bin/hevitpose occluders "$data/real/annotations/person_keypoints_train.json" \
+  "$data/real/images/train" "$data/real/occluders"
 [ -f "$data/synth/annotations/person_keypoints_train.json" ] || \
   .venv/bin/hevitpose synth "$data/synth" --num 6000 --seed 0 --workers "$(nproc)" --width 320 --height 320
-echo "data ready in $data: real/ (labelled footage) and synth/ (renders)"
+echo "data ready in $data: real/ (labelled footage, occluders/) and synth/ (renders)"

@@ -13,7 +13,7 @@ from test_label import MODELS, needs_teachers
 
 from training.config import ConfigError, config_from_dict
 from training.data import train_dataset
-from training.occluders import MAX_SIDE, OccluderBank, cut_people, paste
+from training.occluders import MAX_SIDE, OccluderBank, cut_people, main, paste
 from training.teachers import TEACHER_FILES, BlazePose
 
 
@@ -62,6 +62,15 @@ def test_cut_people_writes_a_masked_cutout_of_the_labelled_person(tmp_path):
     # the person fills the middle of her cutout; the cut is tight, so the mask is most of it
     assert alpha[MAX_SIDE // 2, rgba.shape[1] // 2] > 0.9 and 0.4 < alpha.mean() < 0.95
     assert len(OccluderBank(tmp_path / "occ").images()) == 1
+
+    # the command: the same cutout, and an existing folder is never written into
+    args = [str(tmp_path / "ann.json"), str(tmp_path / "images"), str(tmp_path / "cmd"), "--threads", "1"]
+    assert main(args) == 0 and len(list((tmp_path / "cmd").glob("*.png"))) == 1
+    assert main(args) == 2
+    coco["annotations"] = [small]
+    (tmp_path / "none.json").write_text(json.dumps(coco))
+    assert main([str(tmp_path / "none.json"), str(tmp_path / "images"), str(tmp_path / "none")]) == 1
+    assert not (tmp_path / "none").exists() and not (tmp_path / "none.partial").exists()
 
 
 def test_occluders_in_training_change_pixels_not_targets(tmp_path):

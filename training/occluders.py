@@ -14,6 +14,9 @@ under the occluder, so the network learns to follow the person the box is centre
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -58,8 +61,6 @@ def cut_people(
     Usable: at least ``min_keypoints`` labelled, at least ``min_height`` px tall, no other
     person's box touching (the mask would take both), and a mask filling ``mask_fill`` of the box.
     """
-    import json
-
     coco = json.loads(Path(ann_file).read_text())
     files = {im["id"]: im["file_name"] for im in coco["images"]}
     by_image: dict[int, list[dict]] = {}
@@ -165,14 +166,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     if not args.annotations.is_file() or not args.images.is_dir():
-        print(f"hevitpose occluders: {args.annotations} or {args.images} not found", flush=True)
+        print(f"hevitpose occluders: {args.annotations} or {args.images} not found", file=sys.stderr)
         return 2
     try:
         teacher = BlazePose((args.models_dir or default_models_dir()) / TEACHER_FILES["blazepose"], args.threads)
     except TeacherError as exc:
-        print(f"hevitpose occluders: {exc}", flush=True)
+        print(f"hevitpose occluders: {exc}", file=sys.stderr)
         return 2
-    n = cut_people(args.annotations, args.images, args.out_dir, teacher, args.min_keypoints, args.min_height,
+    if args.out_dir.exists():
+        print(f"hevitpose occluders: {args.out_dir} exists; remove it or choose another folder", file=sys.stderr)
+        return 2
+    # written under another name and moved into place at the end: an interrupted run leaves no half folder
+    partial = args.out_dir.with_name(args.out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    n = cut_people(args.annotations, args.images, partial, teacher, args.min_keypoints, args.min_height,
                    limit=args.limit)  # fmt: skip
+    if not n:
+        shutil.rmtree(partial, ignore_errors=True)
+        print(f"hevitpose occluders: no usable person in {args.annotations}", file=sys.stderr)
+        return 1
+    partial.rename(args.out_dir)
     print(f"hevitpose occluders: {n} cutouts in {args.out_dir}")
-    return 0 if n else 1
+    return 0
