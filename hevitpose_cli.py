@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "synth": ("training.synth.cli", "main", "render a synthetic COCO-format people dataset"),
     "label": ("training.label", "main", "label images and videos with teacher models (COCO keypoints)"),
     "occluders": ("training.occluders", "main", "cut labelled people out with a teacher's mask (training occluders)"),
+    "composite": ("training.composite", "main", "paste labelled cutouts onto people-free photos (a COCO set)"),
 }
 
 

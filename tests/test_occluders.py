@@ -49,7 +49,9 @@ def test_cut_people_writes_a_masked_cutout_of_the_labelled_person(tmp_path):
     rgb = skimage_data.astronaut()
     (tmp_path / "images").mkdir()
     cv2.imwrite(str(tmp_path / "images/astronaut.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    ann = {"id": 7, "image_id": 1, "category_id": 1, "bbox": [100, 0, 350, 512], "num_keypoints": 13}
+    nose = [250.0, 120.0, 2]  # near her face; the other joints unlabelled
+    kps = nose + [0, 0, 0] * 16
+    ann = {"id": 7, "image_id": 1, "category_id": 1, "bbox": [100, 0, 350, 512], "num_keypoints": 13, "keypoints": kps}
     small = {**ann, "id": 8, "bbox": [0, 0, 30, 40]}  # too short to cut, and touching nothing
     coco = {"images": [{"id": 1, "file_name": "astronaut.jpg"}], "annotations": [ann, small]}
     (tmp_path / "ann.json").write_text(json.dumps(coco))
@@ -62,6 +64,12 @@ def test_cut_people_writes_a_masked_cutout_of_the_labelled_person(tmp_path):
     # the person fills the middle of her cutout; the cut is tight, so the mask is most of it
     assert alpha[MAX_SIDE // 2, rgba.shape[1] // 2] > 0.9 and 0.4 < alpha.mean() < 0.95
     assert len(OccluderBank(tmp_path / "occ").images()) == 1
+    # the index carries the labels into the cutout's pixels: the nose inside it, in the upper part
+    (entry,) = json.loads((tmp_path / "occ/cutouts.json").read_text())["cutouts"]
+    assert entry["file"] == png.name
+    k = np.asarray(entry["keypoints"]).reshape(17, 3)
+    assert k[0, 2] == 2 and 0 <= k[0, 0] < rgba.shape[1] and 0 <= k[0, 1] < MAX_SIDE / 2
+    assert alpha[int(k[0, 1]), int(k[0, 0])] > 0.5 and (k[1:] == 0).all()
 
     # the command: the same cutout, and an existing folder is never written into
     args = [str(tmp_path / "ann.json"), str(tmp_path / "images"), str(tmp_path / "cmd"), "--threads", "1"]

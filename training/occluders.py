@@ -31,8 +31,9 @@ def _boxes_overlap(a: np.ndarray, b: np.ndarray) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def cutout(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
-    """(H, W, 4) RGBA tight around the mask's largest blob, at most MAX_SIDE tall; None if empty."""
+def cutout(rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(H, W, 4) RGBA tight around the mask's largest blob, at most MAX_SIDE tall, and the 2x3
+    affine from ``rgb``'s pixels to the cutout's; None if the mask is empty."""
     binary = (mask > 0.5).astype(np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary)
     if n < 2:
@@ -41,9 +42,12 @@ def cutout(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
     x, y, w, h = stats[blob, :4]
     alpha = np.where(labels == blob, mask, 0.0)[y : y + h, x : x + w]
     rgba = np.dstack([rgb[y : y + h, x : x + w], (alpha * 255).astype(np.uint8)])
+    r = 1.0
     if h > MAX_SIDE:
-        rgba = cv2.resize(rgba, (max(1, round(w * MAX_SIDE / h)), MAX_SIDE), interpolation=cv2.INTER_AREA)
-    return rgba
+        new_w = max(1, round(w * MAX_SIDE / h))
+        rgba = cv2.resize(rgba, (new_w, MAX_SIDE), interpolation=cv2.INTER_AREA)
+        r = MAX_SIDE / h
+    return rgba, np.array([[r, 0.0, -r * x], [0.0, r, -r * y]])
 
 
 def cut_people(
@@ -56,7 +60,9 @@ def cut_people(
     mask_fill: tuple[float, float] = (0.2, 0.8),
     limit: int = 0,
 ) -> int:
-    """Write one RGBA PNG per usable person of a COCO keypoints file; returns how many.
+    """Write one RGBA PNG per usable person of a COCO keypoints file, and ``cutouts.json``: per
+    PNG its keypoints (x, y, v, COCO order) in the cutout's pixels and the teachers' scores, so a
+    cutout can also be a labelled person (training/composite.py). Returns how many.
 
     Usable: at least ``min_keypoints`` labelled, at least ``min_height`` px tall, no other
     person's box touching (the mask would take both), and a mask filling ``mask_fill`` of the box.
@@ -67,7 +73,7 @@ def cut_people(
     for ann in coco["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = 0
+    index: list[dict] = []
     for image_id, anns in sorted(by_image.items()):
         boxes = [np.array(a["bbox"], float) + np.array([0, 0, *a["bbox"][:2]]) for a in anns]  # xyxy
         usable = [
@@ -84,19 +90,26 @@ def cut_people(
             continue
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         for i in usable:
-            crop, mask, scale = teacher.segment(rgb, boxes[i])
-            box_area = (boxes[i][2] - boxes[i][0]) * (boxes[i][3] - boxes[i][1]) * scale**2
+            crop, mask, matrix = teacher.segment(rgb, boxes[i])
+            box_area = (boxes[i][2] - boxes[i][0]) * (boxes[i][3] - boxes[i][1]) * matrix[0, 0] ** 2
             fill = float((mask > 0.5).sum()) / max(box_area, 1.0)
-            rgba = cutout(crop, mask) if mask_fill[0] <= fill <= mask_fill[1] else None
-            if rgba is None:
+            cut = cutout(crop, mask) if mask_fill[0] <= fill <= mask_fill[1] else None
+            if cut is None:
                 continue
-            cv2.imwrite(
-                str(out_dir / f"{image_id:06d}_{anns[i]['id']:06d}.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA)
-            )
-            written += 1
-            if limit and written >= limit:
-                return written
-    return written
+            rgba, to_cutout = cut
+            name = f"{image_id:06d}_{anns[i]['id']:06d}.png"
+            cv2.imwrite(str(out_dir / name), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+            kps = np.asarray(anns[i].get("keypoints", [0] * 51), float).reshape(-1, 3)
+            xy = kps[:, :2] @ (to_cutout[:, :2] @ matrix[:, :2]).T + (to_cutout[:, :2] @ matrix[:, 2] + to_cutout[:, 2])
+            kps[:, :2] = np.where(kps[:, 2:] > 0, xy, 0.0)
+            index.append({"file": name, "keypoints": kps.round(2).reshape(-1).tolist(),
+                          "keypoint_scores": anns[i].get("keypoint_scores")})  # fmt: skip
+            if limit and len(index) >= limit:
+                break
+        if limit and len(index) >= limit:
+            break
+    (out_dir / "cutouts.json").write_text(json.dumps({"source": str(ann_file), "cutouts": index}))
+    return len(index)
 
 
 class OccluderBank:

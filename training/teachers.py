@@ -167,11 +167,11 @@ class BlazePose(CropTeacher):
         visibility = 1.0 / (1.0 + np.exp(-lm[:, 3].astype(np.float64)))
         return points, visibility * float(np.asarray(presence).reshape(-1)[0])
 
-    def segment(self, rgb: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """The CROP_SIZE square crop around the box, its person mask in [0, 1] and the crop's
-        pixels per image pixel (training/occluders.py cuts people out with it)."""
+    def segment(self, rgb: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The CROP_SIZE square crop around the box, its person mask in [0, 1] and the 2x3 affine
+        image -> crop (training/occluders.py cuts people out with it)."""
         matrix = square_crop_matrix(bbox)
         crop = _crop(rgb, matrix)
         (logits,) = self.session.run(["Identity_2"], {self.input: (crop.astype(np.float32) / 255.0)[None]})
         mask = 1.0 / (1.0 + np.exp(-logits.reshape(CROP_SIZE, CROP_SIZE).astype(np.float64)))
-        return crop, mask, float(matrix[0, 0])
+        return crop, mask, matrix
