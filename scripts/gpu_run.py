@@ -5,6 +5,9 @@ the carried wheels beside it::
 
     python3 scripts/gpu_run.py --pack data/pack --out "$OUT" --train-seconds 330
 
+The pack unpacks to the folders the recipe reads (the real set, its occluders, the render sets
+beside it); ``data.root`` is set to the real set the pack names, the rest is the recipe's.
+
 Every step's result lands in ``--out`` as soon as it exists (timings.json is rewritten after each
 step), so a run cut short still returns what it did. ``--smoke`` runs the whole path on a CPU in
 a minute (a few steps, tiny inputs): CI tests it, so the first lent GPU spends its time training.
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     report = read_pack(args.pack, data, workers=os.cpu_count() or 1)
     timings.mark("unpacked", **report)
 
-    base = [f"data.root={data / 'real'}", *args.overrides]
+    base = [f"data.root={data / report['real']}", *args.overrides]
     if args.smoke:
         base += ["model.input_size=[64,64]", "optim.batch_size=4", "eval.batch_size=8", "data.workers=1",
                  "data.pin_memory=false", "run.max_val_samples=4", "run.plot=true"]  # fmt: skip
@@ -97,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         probe_steps, train_seconds = args.probe_steps, args.train_seconds
 
     candidates = [m.strip() for m in args.models.split(",") if m.strip()]
-    epoch_samples = len(train_dataset(load_config(args.config, base)))
+    train_set = train_dataset(load_config(args.config, base))  # fails here if the pack lacks a folder the recipe reads
+    epoch_samples = len(train_set)
+    occluders = len(train_set.occluders) if train_set.occluders is not None else 0
     rates = {}
     chosen = None
     for name in candidates:
@@ -118,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                        f"run.out_dir={run_dir}", f"run.time_limit_s={train_seconds * 1.15 if train_seconds else 0}"]  # fmt: skip
     if args.smoke:
         train_overrides += ["run.max_steps=3"]
-    timings.mark("plan", model=chosen, rates=rates, epoch_samples=epoch_samples, epochs=epochs, milestones=milestones)
+    timings.mark("plan", model=chosen, rates=rates, epoch_samples=epoch_samples, occluders=occluders, epochs=epochs,
+                 milestones=milestones)  # fmt: skip
 
     cfg = load_config(args.config, train_overrides)
     result = Trainer(cfg).fit()
@@ -132,10 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     export_main([str(checkpoint), str(args.out / "weights"), "--name", bundle_name, "--no-onnx"])
     timings.mark("exported", bundle=str(args.out / "weights" / bundle_name))
 
-    evals = {
-        "real_val": [],  # the held-out video, against the agreed teacher labels
-        "synth_val": [f"data.root={data / 'synth'}"],  # held-out renders, exact labels
-    }
+    evals = {"real_val": []}  # the held-out video, against the agreed teacher labels
+    for name in report["render_images"]:  # each render set's held-out renders, exact labels
+        evals[f"{name}_val"] = [f"data.root={data / name}"]
     for split, extra in evals.items():
         out_file = args.out / f"eval_{split}.json"
         eval_main([args.config, str(checkpoint), *train_overrides, *extra, "--out", str(out_file)])

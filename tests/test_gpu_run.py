@@ -1,4 +1,8 @@
-"""The data pack and the one-call GPU script, run end to end on the CPU (--smoke)."""
+"""The data pack and the one-call GPU script, run end to end on the CPU (--smoke).
+
+The data is the current recipe's layout in miniature: a labelled real set ``real2`` with its
+occluder cutouts, and two render sets, ``synth_photo`` and ``synth``.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ import numpy as np
 import pytest
 from _training_data import make_coco
 
+from training.occluders import OccluderBank
 from training.pack import read_pack, write_pack
 
 ROOT = Path(__file__).resolve().parents[1]
+RENDERS = (("synth_photo", 1.0), ("synth", 1.0))
 
 
 def _real_dataset(root: Path, video: Path, frames: list[np.ndarray], max_side: int) -> None:
@@ -28,23 +34,36 @@ def _real_dataset(root: Path, video: Path, frames: list[np.ndarray], max_side: i
     figures = json.loads((synth / "annotations/person_keypoints_train.json").read_text())
     s = max_side / max(h, w)
     for split, indices in (("train", [0, 2, 3]), ("val", [1])):
-        (root / "real/images" / split).mkdir(parents=True)
+        (root / "real2/images" / split).mkdir(parents=True)
         cap = cv2.VideoCapture(str(video))
         decoded = [cap.read()[1] for _ in frames]
         images, anns = [], []
         for i in indices:
             small = cv2.resize(decoded[i], (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
             name = f"0000_clip_{i:06d}.jpg"
-            cv2.imwrite(str(root / "real/images" / split / name), small, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            cv2.imwrite(str(root / "real2/images" / split / name), small, [cv2.IMWRITE_JPEG_QUALITY, 92])
             images.append({"id": i + 1, "file_name": name, "width": small.shape[1], "height": small.shape[0],
                            "source": str(video), "frame": i})  # fmt: skip
             ann = dict(figures["annotations"][i], id=i + 1, image_id=i + 1)
             ann["keypoint_scores"] = [0.9] * 17
             anns.append(ann)
         coco = {"images": images, "annotations": anns, "categories": figures["categories"]}
-        (root / "real/annotations").mkdir(parents=True, exist_ok=True)
-        (root / f"real/annotations/person_keypoints_{split}.json").write_text(json.dumps(coco))
+        (root / "real2/annotations").mkdir(parents=True, exist_ok=True)
+        (root / f"real2/annotations/person_keypoints_{split}.json").write_text(json.dumps(coco))
     shutil.rmtree(root / "_figures")
+
+
+def _occluders(folder: Path, n: int) -> None:
+    """RGBA cutouts as `hevitpose occluders` writes them: a coloured figure with a soft-edged alpha."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        h, w = int(rng.integers(40, 80)), int(rng.integers(16, 40))
+        mask = np.zeros((h, w), np.uint8)
+        cv2.ellipse(mask, (w // 2, h // 2), (w // 2 - 2, h // 2 - 2), 0, 0, 360, 255, -1)
+        alpha = cv2.GaussianBlur(mask, (7, 7), 0)  # every value 0-255 at the edge, as a mask's
+        bgr = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (5, 5), 0)
+        cv2.imwrite(str(folder / f"{i:06d}_{i:06d}.png"), np.dstack([bgr, alpha]))
 
 
 @pytest.fixture()
@@ -58,34 +77,87 @@ def data_dir(tmp_path):
         frame = np.concatenate([figure, rng.integers(0, 255, figure.shape, dtype=np.uint8)], axis=1)
         frames.append(cv2.resize(frame, (512, 256)))
     _real_dataset(data, tmp_path / "clip.avi", frames, max_side=384)
-    make_coco(data / "synth", n_train=6, n_val=3, size=96, names=("train", "val"))
+    make_coco(data / "synth_photo", n_train=6, n_val=3, size=96, names=("train", "val"), seed=1)
+    make_coco(data / "synth", n_train=6, n_val=3, size=96, names=("train", "val"), seed=2)
+    _occluders(data / "real2/occluders", 6)
     return data
+
+
+def _pack(data_dir: Path, pack: Path, budget_mb: float = 1.0, renders=RENDERS) -> dict:
+    return write_pack(data_dir, pack, budget_mb, synth_val_images=2, real="real2", renders=renders,
+                      occluders="occluders", occluder_count=4)  # fmt: skip
 
 
 def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path):
     pack = tmp_path / "pack"
-    manifest = write_pack(data_dir, pack, budget_mb=1.0, synth_val_images=2)
-    assert manifest["synth_val_images"] == 2 and manifest["synth_train_images"] == 6
-    assert (pack / "real/videos/clip.avi").is_file() and not any((pack / "real").rglob("*.jpg"))
+    manifest = _pack(data_dir, pack)
+    assert manifest["real"] == "real2" and manifest["renders"] == ["synth_photo", "synth"]
+    for name in ("synth_photo", "synth"):
+        assert manifest[f"{name}_val_images"] == 2 and manifest[f"{name}_train_images"] == 6
+    assert manifest["occluder_images"] == 4 and manifest["occluders_available"] == 6
+    assert manifest["real_train_images"] == 3 and manifest["real_val_images"] == 1 and manifest["real_videos"] == 1
+    assert (pack / "real2/videos/clip.avi").is_file() and not any((pack / "real2").rglob("*.jpg"))
+    assert not any(pack.rglob("*.png")) and len(list((pack / "real2/occluders").glob("*.webp"))) == 4
     with pytest.raises(FileExistsError):
-        write_pack(data_dir, pack, budget_mb=1.0)
-    small = write_pack(data_dir, tmp_path / "small", budget_mb=manifest["bytes"] / 2**20 - 0.002, synth_val_images=2)
-    assert small["synth_train_images"] < 6 and small["bytes"] <= manifest["bytes"]  # the budget cuts renders
+        _pack(data_dir, pack)
 
     out = tmp_path / "unpacked"
     report = read_pack(pack, out, workers=2)
-    assert report == {"real_frames": 4, "videos": 1, "synth_images": 8}
+    assert report == {"real": "real2", "real_frames": 4, "videos": 1, "render_images": {"synth_photo": 8, "synth": 8},
+                      "occluder_dir": "occluders", "occluder_images": 4}  # fmt: skip
     for split in ("train", "val"):
-        for original in (data_dir / "real/images" / split).iterdir():
-            assert (out / "real/images" / split / original.name).read_bytes() == original.read_bytes()
-    synth = json.loads((out / "synth/annotations/person_keypoints_train.json").read_text())
-    assert all((out / "synth/images/train" / img["file_name"]).is_file() for img in synth["images"])
-    assert cv2.imread(str(out / "synth/images/train" / synth["images"][0]["file_name"])).shape == (96, 96, 3)
+        for original in (data_dir / "real2/images" / split).iterdir():
+            assert (out / "real2/images" / split / original.name).read_bytes() == original.read_bytes()
+    for name in ("synth_photo", "synth"):
+        synth = json.loads((out / name / "annotations/person_keypoints_train.json").read_text())
+        assert all((out / name / "images/train" / img["file_name"]).is_file() for img in synth["images"])
+        assert cv2.imread(str(out / name / "images/train" / synth["images"][0]["file_name"])).shape == (96, 96, 3)
+    # the occluders come back as the PNGs OccluderBank reads: alpha exact, colour near where it shows
+    assert len(OccluderBank(out / "real2/occluders").images()) == 4
+    for png in (out / "real2/occluders").glob("*.png"):
+        back = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+        original = cv2.imread(str(data_dir / "real2/occluders" / png.name), cv2.IMREAD_UNCHANGED)
+        assert back.shape == original.shape and (back[..., 3] == original[..., 3]).all()
+        shown = original[..., 3] > 0
+        assert np.abs(back[..., :3].astype(int) - original[..., :3])[shown].mean() < 8
+
+
+def test_pack_splits_the_render_budget_by_weight(data_dir, tmp_path):
+    full = _pack(data_dir, tmp_path / "full")
+    train_bytes = sum(_size(tmp_path / "full" / name / "images/train") for name in ("synth_photo", "synth"))
+    budget = (full["bytes"] - train_bytes / 2) / 2**20  # room for about half the training renders
+    even = _pack(data_dir, tmp_path / "even", budget)
+    assert 0 < even["synth_photo_train_images"] < 6 and 0 < even["synth_train_images"] < 6  # the budget cuts both
+    assert even["bytes"] <= budget * 2**20 and even["synth_val_images"] == 2  # validation renders are kept whole
+    photo = _pack(data_dir, tmp_path / "photo", budget, renders=(("synth_photo", 3.0), ("synth", 1.0)))
+    assert photo["synth_photo_train_images"] > even["synth_photo_train_images"]
+    assert photo["synth_train_images"] < even["synth_train_images"]
+    with pytest.raises(ValueError, match="exceed"):
+        _pack(data_dir, tmp_path / "tiny", budget_mb=0.01)
+    with pytest.raises(ValueError, match="positive"):
+        _pack(data_dir, tmp_path / "zero", renders=(("synth_photo", 1.0), ("synth", 0.0)))
+
+
+def test_a_render_set_that_runs_out_hands_its_share_on(data_dir, tmp_path):
+    ann = data_dir / "synth_photo/annotations/person_keypoints_train.json"
+    coco = json.loads(ann.read_text())
+    ann.write_text(json.dumps({**coco, "images": coco["images"][:1]}))  # one photo render, six hard ones
+    full = _pack(data_dir, tmp_path / "full")
+    assert full["synth_photo_train_images"] == 1 and full["synth_train_images"] == 6
+    hard = sorted((tmp_path / "full/synth/images/train").iterdir())
+    budget = (full["bytes"] - hard[-1].stat().st_size - 100) / 2**20  # room for five of the six
+    cut = _pack(data_dir, tmp_path / "cut", budget)
+    # half of the room, an even split's share, would hold three; the photo set's unused half comes on
+    assert cut["synth_photo_train_images"] == 1 and cut["synth_train_images"] >= 4
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def test_gpu_run_smoke_trains_evaluates_and_exports_on_cpu(data_dir, tmp_path):
     pack = tmp_path / "pack"
-    write_pack(data_dir, pack, budget_mb=1.0, synth_val_images=3)
+    _pack(data_dir, pack)
     spec = importlib.util.spec_from_file_location("gpu_run", ROOT / "scripts/gpu_run.py")
     gpu_run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_run)
@@ -95,12 +167,13 @@ def test_gpu_run_smoke_trains_evaluates_and_exports_on_cpu(data_dir, tmp_path):
     assert gpu_run.main(args) == 0
     timings = json.loads((out / "timings.json").read_text())
     assert list(timings) == ["start", "unpacked", "probe hevitpose-t", "plan", "trained", "exported",
-                             "eval real_val", "eval synth_val", "done"]  # fmt: skip
+                             "eval real_val", "eval synth_photo_val", "eval synth_val", "done"]  # fmt: skip
     assert timings["plan"]["model"] == "hevitpose-t" and timings["trained"]["step"] == 3
+    assert timings["unpacked"]["real"] == "real2" and timings["plan"]["occluders"] == 4  # the recipe read the pack's
     assert (out / "weights/hevitpose-t-default-gpu.safetensors").is_file()
     meta = json.loads((out / "weights/hevitpose-t-default-gpu.json").read_text())
     assert meta["model"] == "hevitpose-t"
-    for split in ("real_val", "synth_val"):
+    for split in ("real_val", "synth_photo_val", "synth_val"):
         assert "AP" in json.loads((out / f"eval_{split}.json").read_text())["metrics"]
     assert (out / "metrics.jsonl").is_file()
 

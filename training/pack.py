@@ -2,9 +2,11 @@
 
 The GPU machine receives only the working tree (64 MiB in all), so the data travels compressed:
 the labelled real footage as the videos themselves plus their label JSON (frames are decoded
-again there, bit-exact, by frame index), and renders re-encoded as WebP, as many as fit the
-budget. ``unpack`` rebuilds the folders ``scripts/default_data.sh`` makes (``real/``,
-``synth/``), which ``configs/hevitpose_t_default*.yaml`` read unchanged.
+again there, bit-exact, by frame index), a sample of the occluder cutouts and the renders as WebP,
+and every label file gzipped. ``read_pack`` rebuilds the folders the recipes read: the real set
+(``data.root``, e.g. ``real2/``) with its occluders (``augment.occluder_dir``, e.g.
+``real2/occluders/``), and each render set beside it (``data.extra_train``, e.g. ``../synth_photo``,
+``../synth``), so ``configs/hevitpose_default_gpu.yaml`` reads them with only ``data.root`` set.
 
     python -m training.pack write data/ pack/ --budget-mb 38
     python -m training.pack read pack/ /tmp/data --workers 16
@@ -13,6 +15,7 @@ budget. ``unpack`` rebuilds the folders ``scripts/default_data.sh`` makes (``rea
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import multiprocessing
 import os
@@ -24,60 +27,159 @@ from pathlib import Path
 import cv2
 
 SPLITS = ("train", "val")
+# The current recipe's data (configs/hevitpose_t_default_ft3.yaml): re-labelled footage, its
+# occluders, photo-preset then hard-preset renders, the budget split evenly between the two as
+# the recipe repeats each once per epoch.
+REAL = "real2"
+RENDERS = (("synth_photo", 1.0), ("synth", 1.0))
+OCCLUDERS = "occluders"
+# 1,000 of the 2,738 cutouts: 92% of them are the same few pedestrians of vtest.avi in consecutive
+# frames, so every 2.7th (in name order, which keeps each video's share) loses little. Lossy WebP
+# keeps alpha exact (libwebp codes it losslessly); at quality 75 a cutout is 2.7 kB against 7.4 kB
+# lossless and 23 kB as PNG, colour off by 3/255 where it shows, and lower qualities save under 10%.
+OCCLUDER_COUNT = 1000
+OCCLUDER_QUALITY = 75
 
 
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def write_pack(data: Path, pack: Path, budget_mb: float, webp_quality: int = 60, synth_val_images: int = 150) -> dict:
-    """``data/real`` (hevitpose label output, frames from videos) and ``data/synth`` into ``pack``."""
+def _write_json(path: Path, data: dict) -> int:
+    """``path`` + ``.gz`` (labels compress 4x: they are a tenth of the pack); returns its bytes."""
+    blob = gzip.compress(json.dumps(data).encode(), mtime=0)  # mtime=0: the same data, the same pack
+    Path(f"{path}.gz").write_bytes(blob)
+    return len(blob)
+
+
+def _read_json(path: Path) -> dict:
+    """``path`` + ``.gz`` as written by ``_write_json``, or a plain ``path`` (packs written before)."""
+    gz = Path(f"{path}.gz")
+    return json.loads(gzip.decompress(gz.read_bytes()) if gz.is_file() else path.read_text())
+
+
+def _write_real(data: Path, pack: Path, real: str) -> dict:
+    """The videos the labels' ``source`` name, and the labels with a ``video`` key for ``read_pack``."""
+    (pack / real / "annotations").mkdir(parents=True)
+    (pack / real / "videos").mkdir()
+    sources: dict[str, Path] = {}
+    counts = {}
+    for split in SPLITS:
+        coco = json.loads((data / real / f"annotations/person_keypoints_{split}.json").read_text())
+        for image in coco["images"]:
+            name = Path(image["source"]).name  # the link's name: the footage links multi/cam01.mp4 as multi_cam01.mp4
+            source = Path(image["source"]).resolve()
+            if sources.setdefault(name, source) != source:  # two videos of one name would share a file
+                raise ValueError(f"{source} and {sources[name]}: two labelled videos named {name}")
+            target = pack / real / "videos" / name
+            if not target.exists():
+                shutil.copyfile(source, target)
+            image["video"] = f"videos/{name}"
+        _write_json(pack / real / f"annotations/person_keypoints_{split}.json", coco)
+        counts[f"real_{split}_images"] = len(coco["images"])
+        counts[f"real_{split}_people"] = len(coco["annotations"])
+    counts["real_videos"] = len(sources)
+    return counts
+
+
+def _write_occluders(src: Path, dst: Path, count: int, quality: int) -> dict:
+    """Every (len / count)-th cutout of ``src`` as WebP with alpha."""
+    paths = sorted(src.glob("*.png"))
+    if not paths:
+        raise FileNotFoundError(f"no occluder PNGs in {src}")
+    n = min(count, len(paths))
+    dst.mkdir(parents=True)
+    for i in range(n):
+        path = paths[i * len(paths) // n]
+        bgra = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
+            raise ValueError(f"{path}: not an RGBA cutout")
+        ok, buf = cv2.imencode(".webp", bgra, [cv2.IMWRITE_WEBP_QUALITY, quality])
+        if not ok:
+            raise RuntimeError(f"could not encode {path}")
+        (dst / f"{path.stem}.webp").write_bytes(buf.tobytes())
+    return {"occluder_images": n, "occluders_available": len(paths)}
+
+
+def _write_renders(data: Path, pack: Path, name: str, split: str, budget: float, limit: int, quality: int) -> int:
+    """As many of ``name``'s ``split`` renders as ``budget`` bytes (and ``limit``) allow, in order; returns bytes."""
+    coco = json.loads((data / name / f"annotations/person_keypoints_{split}.json").read_text())
+    for ann in coco["annotations"]:
+        ann.pop("segmentation", None)  # training reads boxes and keypoints only
+    # Labels are stored gzipped: charge the file's fixed part (categories, ...) up front, and each
+    # image its JSON at the whole file's compression ratio
+    ratio = len(gzip.compress(json.dumps(coco).encode(), compresslevel=6)) / max(len(json.dumps(coco)), 1)
+    estimate = len(gzip.compress(json.dumps({**coco, "images": [], "annotations": []}).encode()))
+    by_image: dict[int, list[dict]] = {}
+    for ann in coco["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    out_dir = pack / name / "images" / split
+    out_dir.mkdir(parents=True)
+    kept, spent = [], 0
+    for image in coco["images"][:limit]:
+        bgr = cv2.imread(str(data / name / "images" / split / image["file_name"]), cv2.IMREAD_COLOR)
+        ok, buf = cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, quality])
+        if not ok:
+            raise RuntimeError(f"could not encode {image['file_name']}")
+        cost = buf.nbytes + ratio * len(json.dumps([image, by_image.get(image["id"], [])]))
+        if estimate + cost > budget:
+            break
+        estimate += cost
+        spent += buf.nbytes
+        image["file_name"] = Path(image["file_name"]).with_suffix(".webp").name
+        (out_dir / image["file_name"]).write_bytes(buf.tobytes())
+        kept.append(image)
+    ids = {img["id"] for img in kept}
+    coco["images"] = kept
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
+    (pack / name / "annotations").mkdir(exist_ok=True)
+    return spent + _write_json(pack / name / f"annotations/person_keypoints_{split}.json", coco)
+
+
+def write_pack(
+    data: Path,
+    pack: Path,
+    budget_mb: float,
+    webp_quality: int = 60,
+    synth_val_images: int = 100,
+    real: str = REAL,
+    renders: tuple[tuple[str, float], ...] = RENDERS,
+    occluders: str = OCCLUDERS,
+    occluder_count: int = OCCLUDER_COUNT,
+    occluder_quality: int = OCCLUDER_QUALITY,
+) -> dict:
+    """``data/<real>`` (hevitpose label output, frames from videos), its occluders and renders into ``pack``.
+
+    The real set and the occluder sample go in whole; each render set then puts in its first
+    ``synth_val_images`` validation renders (a fixed small evaluation split); the budget left is
+    split between the render sets' training renders by their weights, in order, a set that runs
+    out of renders handing the rest of its share to the sets after it. ``occluders`` is relative
+    to the real set, as ``augment.occluder_dir`` is to ``data.root``; "" packs none.
+    """
     if pack.exists():
         raise FileExistsError(f"{pack} exists; remove it first")
-    (pack / "real/annotations").mkdir(parents=True)
-    (pack / "real/videos").mkdir()
-    for split in SPLITS:
-        coco = json.loads((data / f"real/annotations/person_keypoints_{split}.json").read_text())
-        for image in coco["images"]:
-            source = Path(image["source"])
-            name = source.name
-            target = pack / "real/videos" / name
-            if not target.exists():
-                shutil.copyfile(source.resolve(), target)
-            image["video"] = f"videos/{name}"
-        (pack / f"real/annotations/person_keypoints_{split}.json").write_text(json.dumps(coco))
+    if any(weight <= 0 for _, weight in renders):
+        raise ValueError(f"render weights must be positive: {renders}")
+    counts = _write_real(data, pack, real)
+    if occluders:
+        counts |= _write_occluders(data / real / occluders, pack / real / occluders, occluder_count, occluder_quality)
     budget = budget_mb * 2**20 - _size(pack)
-    counts = {}
-    for split in ("val", "train"):  # val first: a fixed small evaluation split; train takes what is left
-        coco = json.loads((data / f"synth/annotations/person_keypoints_{split}.json").read_text())
-        out_dir = pack / "synth/images" / split
-        out_dir.mkdir(parents=True)
-        limit = synth_val_images if split == "val" else len(coco["images"])
-        by_image: dict[int, list[dict]] = {}
-        for ann in coco["annotations"]:
-            ann.pop("segmentation", None)  # training reads boxes and keypoints only
-            by_image.setdefault(ann["image_id"], []).append(ann)
-        kept = []
-        for image in coco["images"][:limit]:
-            bgr = cv2.imread(str(data / "synth/images" / split / image["file_name"]), cv2.IMREAD_COLOR)
-            ok, buf = cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, webp_quality])
-            if not ok:
-                raise RuntimeError(f"could not encode {image['file_name']}")
-            cost = buf.nbytes + len(json.dumps([image, by_image.get(image["id"], [])]))
-            if split == "train" and budget - cost < 0:
-                break
-            budget -= cost
-            image["file_name"] = Path(image["file_name"]).with_suffix(".webp").name
-            (out_dir / image["file_name"]).write_bytes(buf.tobytes())
-            kept.append(image)
-        ids = {img["id"] for img in kept}
-        coco["images"] = kept
-        coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
-        (pack / "synth/annotations").mkdir(exist_ok=True)
-        (pack / f"synth/annotations/person_keypoints_{split}.json").write_text(json.dumps(coco))
-        counts[f"synth_{split}_images"] = len(kept)
-        counts[f"synth_{split}_people"] = len(coco["annotations"])
-    manifest = {"bytes": _size(pack), "webp_quality": webp_quality, **counts}
+    for name, _ in renders:
+        budget -= _write_renders(data, pack, name, "val", budget, synth_val_images, webp_quality)
+    if budget <= 0:
+        raise ValueError(f"the real set, occluders and validation renders alone exceed {budget_mb} MiB")
+    weights = [weight for _, weight in renders]
+    for i, (name, weight) in enumerate(renders):
+        share = budget * weight / sum(weights[i:])
+        budget -= _write_renders(data, pack, name, "train", share, sys.maxsize, webp_quality)
+    for name, _ in renders:
+        for split in SPLITS:
+            coco = _read_json(pack / name / f"annotations/person_keypoints_{split}.json")
+            counts[f"{name}_{split}_images"] = len(coco["images"])
+            counts[f"{name}_{split}_people"] = len(coco["annotations"])
+    layout = {"real": real, "renders": [name for name, _ in renders], "occluder_dir": occluders}
+    manifest = {"bytes": _size(pack), "webp_quality": webp_quality, "occluder_quality": occluder_quality,
+                **layout, "render_weights": weights, **counts}  # fmt: skip
     (pack / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
@@ -105,32 +207,59 @@ def _decode_video(job: tuple[str, list[tuple[int, str, int, int]]]) -> int:
     return written
 
 
+def _decode_occluder(job: tuple[str, str]) -> int:
+    """WebP -> PNG: ``OccluderBank`` reads the PNGs ``hevitpose occluders`` writes."""
+    cv2.setNumThreads(1)
+    src, dst = job
+    cv2.imwrite(dst, cv2.imread(src, cv2.IMREAD_UNCHANGED), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return 1
+
+
 def read_pack(pack: Path, out: Path, workers: int = 0) -> dict:
-    """Rebuild ``out/real`` (frames decoded from the packed videos) and ``out/synth``."""
+    """Rebuild ``out/<real>`` (frames decoded from the packed videos, occluders) and each render set."""
+    manifest = json.loads((pack / "manifest.json").read_text()) if (pack / "manifest.json").is_file() else {}
+    # packs written before the manifest named its folders held real/ and synth/ only
+    real = manifest.get("real", "real")
+    renders = manifest.get("renders", ["synth"])
+    occluders = manifest.get("occluder_dir", "")
     jobs: dict[str, list[tuple[int, str, int, int]]] = {}
     for split in SPLITS:
-        ann = pack / f"real/annotations/person_keypoints_{split}.json"
-        coco = json.loads(ann.read_text())
-        image_dir = out / "real/images" / split
+        coco = _read_json(pack / real / f"annotations/person_keypoints_{split}.json")
+        image_dir = out / real / "images" / split
         image_dir.mkdir(parents=True, exist_ok=True)
-        (out / "real/annotations").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ann, out / f"real/annotations/person_keypoints_{split}.json")
+        (out / real / "annotations").mkdir(parents=True, exist_ok=True)
+        (out / real / f"annotations/person_keypoints_{split}.json").write_text(json.dumps(coco))
         for image in coco["images"]:
-            video = str(pack / "real" / image["video"])
+            video = str(pack / real / image["video"])
             jobs.setdefault(video, []).append(
                 (image["frame"], str(image_dir / image["file_name"]), image["width"], image["height"])
             )
+    cutouts = []
+    if occluders:
+        (out / real / occluders).mkdir(parents=True, exist_ok=True)
+        cutouts = [(str(p), str(out / real / occluders / f"{p.stem}.png")) for p in (pack / real / occluders).glob("*.webp")]  # fmt: skip
     workers = workers or os.cpu_count() or 1
     # spawn, not fork: a forked child of a process whose OpenCV/torch thread pools already ran can
     # deadlock on a lock copied mid-use
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
         frames = sum(pool.map(_decode_video, sorted(jobs.items())))
-    shutil.copytree(pack / "synth", out / "synth", dirs_exist_ok=True)
+        n_occluders = sum(pool.map(_decode_occluder, cutouts, chunksize=64))
+    render_images = {}
+    for name in renders:
+        shutil.copytree(pack / name / "images", out / name / "images", dirs_exist_ok=True)
+        (out / name / "annotations").mkdir(parents=True, exist_ok=True)
+        for split in SPLITS:
+            coco = _read_json(pack / name / f"annotations/person_keypoints_{split}.json")
+            (out / name / f"annotations/person_keypoints_{split}.json").write_text(json.dumps(coco))
+        render_images[name] = sum(1 for _ in (out / name / "images").rglob("*.webp"))
     return {
+        "real": real,
         "real_frames": frames,
         "videos": len(jobs),
-        "synth_images": sum(1 for _ in (out / "synth/images").rglob("*.webp")),
+        "render_images": render_images,
+        "occluder_dir": occluders,
+        "occluder_images": n_occluders,
     }
 
 
@@ -141,14 +270,23 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("data", type=Path)
     w.add_argument("pack", type=Path)
     w.add_argument("--budget-mb", type=float, default=38.0)
-    w.add_argument("--webp-quality", type=int, default=60)
+    w.add_argument("--webp-quality", type=int, default=60, help="renders")
+    w.add_argument("--val-images", type=int, default=100, help="validation renders per render set")
+    w.add_argument("--real", default=REAL, help="the labelled real set, a folder of DATA")
+    w.add_argument("--renders", nargs="+", default=[f"{n}:{wt:g}" for n, wt in RENDERS],
+                   help="render sets, folders of DATA, as NAME[:WEIGHT] (default weight 1), in the order they fill")  # fmt: skip
+    w.add_argument("--occluders", default=OCCLUDERS, help="cutouts, a folder of the real set ('' for none)")
+    w.add_argument("--occluder-count", type=int, default=OCCLUDER_COUNT)
+    w.add_argument("--occluder-quality", type=int, default=OCCLUDER_QUALITY, help="WebP quality; over 100 is lossless")
     r = sub.add_parser("read", help="pack -> data folder")
     r.add_argument("pack", type=Path)
     r.add_argument("out", type=Path)
     r.add_argument("--workers", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "write":
-        report = write_pack(args.data, args.pack, args.budget_mb, args.webp_quality)
+        renders = tuple((s.split(":")[0], float(s.split(":")[1]) if ":" in s else 1.0) for s in args.renders)
+        report = write_pack(args.data, args.pack, args.budget_mb, args.webp_quality, args.val_images, args.real,
+                            renders, args.occluders, args.occluder_count, args.occluder_quality)  # fmt: skip
     else:
         report = read_pack(args.pack, args.out, args.workers)
     print(json.dumps(report, indent=2))
