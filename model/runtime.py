@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -113,12 +114,52 @@ class OnnxRunner:
         return torch.from_numpy(out)
 
 
+_openvino_lock = threading.Lock()
+_openvino_core = None
+
+
+def openvino_core():
+    """The process's one OpenVINO ``Core``, its CPU plugin loaded in a thread that then ends.
+
+    OpenVINO's CPU plugin, when it is created, installs an alternate signal stack (mmap + sigaltstack)
+    on the thread that creates it, and when it is destroyed unmaps that stack, putting the previous one
+    back only if the destroying thread is the one still using it (``SigAltStackSetup`` in the plugin's
+    plugin.cpp; seen in openvino 2026.4.1). Each ``Core`` creates its own plugin, so two Cores freed in
+    the order they were made, or one made in one thread and freed in another, leave a live thread's
+    alternate stack pointing at unmapped memory. The next signal that thread handles (Python installs
+    its handlers with SA_ONSTACK: SIGINT's, torch DataLoader's SIGCHLD, uvicorn's SIGTERM) kills the
+    process with SIGSEGV before any handler, faulthandler's included, can run: the test suite's
+    crash when ``hevitpose serve``'s child process exited. One Core for the process means one plugin,
+    never destroyed while the process runs; loading it in a short-lived thread means the only stack
+    it ever swaps is that thread's.
+    """
+    global _openvino_core
+    with _openvino_lock:
+        if _openvino_core is None:
+            import openvino as ov
+
+            core = ov.Core()
+            failed: list[BaseException] = []
+
+            def load_plugin() -> None:
+                try:
+                    core.get_property("CPU", "FULL_DEVICE_NAME")
+                except BaseException as exc:  # re-raised in the caller's thread
+                    failed.append(exc)
+
+            loader = threading.Thread(target=load_plugin, name="openvino-cpu-plugin")
+            loader.start()
+            loader.join()
+            if failed:
+                raise failed[0]
+            _openvino_core = core
+        return _openvino_core
+
+
 class OpenVinoRunner:
     backend = "openvino"
 
     def __init__(self, onnx_path: str | Path, threads: int = 0, dtype: torch.dtype = torch.float32) -> None:
-        import openvino as ov
-
         config: dict[str, object] = {
             "INFERENCE_PRECISION_HINT": "bf16" if dtype == torch.bfloat16 else "f32",
             # the pose worker sends one batch at a time: latency mode, not a pool of parallel requests
@@ -128,8 +169,9 @@ class OpenVinoRunner:
             config["INFERENCE_NUM_THREADS"] = threads
         self.device = torch.device("cpu")
         self.dtype = dtype
-        core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        core = openvino_core()
+        with _openvino_lock:  # start-up only; the Core is shared by every thread that builds a runner
+            self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,9 @@
 """The start-up choice of the CPU backend: candidates, agreement with float32, the cache."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +124,53 @@ def test_int8_and_openvino_backends_build_and_run(tmp_path):
     if openvino_available():
         ov = create_runner(model, (64, 96), RuntimeConfig(device="cpu", backend="openvino"), onnx_dir=tmp_path)
         torch.testing.assert_close(ov(x), ref, atol=1e-3, rtol=1e-3)
+
+
+# Run in a child process: where the bug is, the child dies of SIGSEGV (the suite would with it).
+_ALTSTACK_CHILD = """
+import ctypes, os, signal, sys, threading
+from model.runtime import OpenVinoRunner
+
+class Stack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+def altstack():
+    st = Stack()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(st))
+    return st.ss_sp or 0
+
+path, before = sys.argv[1], altstack()
+a, b = OpenVinoRunner(path), OpenVinoRunner(path, threads=1)
+del a, b  # oldest first, as the start-up measurement drops the candidates that lost
+made = []
+worker = threading.Thread(target=lambda: made.append(OpenVinoRunner(path)))
+worker.start()
+worker.join()
+made.clear()  # built in a thread, freed in this one (a service's loader thread, its pose worker)
+made.append(OpenVinoRunner(path))
+worker = threading.Thread(target=made.clear)  # and the other way round
+worker.start()
+worker.join()
+handled = []
+signal.signal(signal.SIGUSR1, lambda *_: handled.append(True))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("altstack kept" if altstack() == before else "altstack changed", "signal handled" if handled else "")
+"""
+
+
+@pytest.mark.skipif(not openvino_available() or sys.platform != "linux", reason="needs OpenVINO, on Linux")
+def test_openvino_runners_leave_this_threads_signal_stack_alone(tmp_path):
+    """OpenVINO's CPU plugin swaps the alternate signal stack of the thread that creates it and unmaps
+    it when destroyed (model/runtime.py, openvino_core): with a plugin per runner, runners freed in
+    the order the measurement frees them left this thread's stack unmapped, and the next signal
+    handled here (torch DataLoader's SIGCHLD in the full suite) killed the process."""
+    from model.onnx import export_onnx
+
+    torch.manual_seed(0)
+    path = export_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 17, 3, padding=1), torch.nn.AvgPool2d(4)),
+                       tmp_path / "model.onnx", (64, 96))  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.run([sys.executable, "-c", _ALTSTACK_CHILD, str(path)], cwd=root, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert child.returncode == 0, f"child exited with {child.returncode}: {child.stdout}{child.stderr[-2000:]}"
+    assert "altstack kept signal handled" in child.stdout, child.stdout + child.stderr[-2000:]
