@@ -24,6 +24,7 @@ import numpy as np
 
 from model.keypoints import COCO17
 from training.label import categories
+from training.occluders import blend, resize_cutout
 
 
 @dataclass
@@ -71,24 +72,18 @@ def place(
     (x1, y1, x2, y2); None if nothing of it lands on the canvas.
     """
     H, W = canvas.shape[:2]
-    ch, cw = cut.rgba.shape[:2]
-    s = height / ch
-    width = max(1, round(cw * s))
-    occ = cv2.resize(cut.rgba, (width, height), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    s = height / cut.rgba.shape[0]
+    occ = resize_cutout(cut.rgba, height, flip)
     kps, scores = cut.keypoints.copy(), cut.scores.copy()
     kps[:, :2] *= s
     if flip:
-        occ = occ[:, ::-1]
-        kps[:, 0] = width - 1 - kps[:, 0]
+        kps[:, 0] = occ.shape[1] - 1 - kps[:, 0]
         kps, scores = kps[COCO17.flip_index], scores[COCO17.flip_index]
-    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + width, W), min(y0 + height, H)
-    if xa >= xb or ya >= yb:
+    blended = blend(canvas, occ, x0, y0, gain)
+    if blended is None:
         return None
-    part = occ[ya - y0 : yb - y0, xa - x0 : xb - x0]
-    alpha = part[..., 3:]
-    canvas = canvas.copy()
-    canvas[ya:yb, xa:xb] = np.clip(part[..., :3] * gain, 0, 1) * alpha + canvas[ya:yb, xa:xb] * (1 - alpha)
-    ys, xs = np.nonzero(alpha[..., 0] > 0.5)
+    canvas, (xa, ya, xb, yb) = blended
+    ys, xs = np.nonzero(occ[ya - y0 : yb - y0, xa - x0 : xb - x0, 3] > 127)  # the mask's visible part
     if not len(xs):
         return None
     box = np.array([xs.min() + xa, ys.min() + ya, xs.max() + xa + 1, ys.max() + ya + 1], float)

@@ -135,25 +135,42 @@ class OccluderBank:
         return {**self.__dict__, "_images": None}  # workers read the files, not a pickled copy
 
 
+def resize_cutout(rgba: np.ndarray, height: int, flip: bool) -> np.ndarray:
+    """``rgba`` scaled to ``height`` px (aspect kept), mirrored if ``flip``."""
+    oh, ow = rgba.shape[:2]
+    out = cv2.resize(rgba, (max(1, round(ow * height / oh)), height), interpolation=cv2.INTER_LINEAR)
+    return out[:, ::-1] if flip else out
+
+
+def blend(
+    image: np.ndarray, rgba: np.ndarray, x0: int, y0: int, gain: float = 1.0
+) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """A copy of ``image`` (uint8, or float in [0, 1]) with the uint8 ``rgba`` alpha-blended in at
+    top-left (x0, y0), its colour times ``gain``; and the window it covers, clipped to the image
+    (x1, y1, x2, y2). None if it misses the image."""
+    h, w = image.shape[:2]
+    oh, ow = rgba.shape[:2]
+    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + ow, w), min(y0 + oh, h)
+    if xa >= xb or ya >= yb:
+        return None
+    top = 255.0 if image.dtype == np.uint8 else 1.0
+    part = rgba[ya - y0 : yb - y0, xa - x0 : xb - x0].astype(np.float32)
+    alpha = part[..., 3:] / 255.0
+    colour = np.clip(part[..., :3] * (gain * top / 255.0), 0, top)
+    region = image[ya:yb, xa:xb].astype(np.float32)
+    mixed = colour * alpha + region * (1 - alpha)
+    out = image.copy()
+    out[ya:yb, xa:xb] = mixed.round().astype(np.uint8) if image.dtype == np.uint8 else mixed
+    return out, (xa, ya, xb, yb)
+
+
 def paste(rgb: np.ndarray, rgba: np.ndarray, height: int, rng: np.random.Generator) -> np.ndarray:
     """Alpha-blend ``rgba`` scaled to ``height`` px, maybe mirrored, centred at a uniform point of the crop."""
     h, w = rgb.shape[:2]
-    oh, ow = rgba.shape[:2]
-    new_w = max(1, round(ow * height / oh))
-    occ = cv2.resize(rgba, (new_w, height), interpolation=cv2.INTER_LINEAR)
-    if rng.random() < 0.5:
-        occ = occ[:, ::-1]
+    occ = resize_cutout(rgba, height, rng.random() < 0.5)
     cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-    x0, y0 = int(round(cx - new_w / 2)), int(round(cy - height / 2))
-    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + new_w, w), min(y0 + height, h)
-    if xa >= xb or ya >= yb:
-        return rgb
-    part = occ[ya - y0 : yb - y0, xa - x0 : xb - x0].astype(np.float32)
-    alpha = part[..., 3:] / 255.0
-    out = rgb.copy()
-    region = out[ya:yb, xa:xb].astype(np.float32)
-    out[ya:yb, xa:xb] = (part[..., :3] * alpha + region * (1 - alpha)).round().astype(np.uint8)
-    return out
+    blended = blend(rgb, occ, int(round(cx - occ.shape[1] / 2)), int(round(cy - height / 2)))
+    return rgb if blended is None else blended[0]
 
 
 def occlude(rgb: np.ndarray, bank: OccluderBank, size: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
