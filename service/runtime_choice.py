@@ -42,6 +42,7 @@ from model.runtime import (
     cpu_has_bf16,
     create_runner,
     onnxruntime_available,
+    openvino_available,
     resolve_device,
 )
 
@@ -147,8 +148,11 @@ def cpu_candidates(threads: int, dtype: str) -> list[RuntimeConfig]:
     # the measurement, and where bf16 is in hardware it is not the fastest anyway (BENCHMARKS.md).
     if onnxruntime_available() and fp32:
         out += [RuntimeConfig(device="cpu", backend="onnxruntime", threads=threads)]
-    # OpenVINO is not a candidate: loaded beside torch it crashed the test process (segfault, twice at
-    # the same point of the full suite, never without it), so it serves only when a setting asks for it.
+    # OpenVINO only where installed (the optional "cpu" extra); its runners share one Core
+    # (model/runtime.py, openvino_core), without which the measurement's frees crashed the process.
+    if openvino_available():
+        out += [RuntimeConfig(device="cpu", backend="openvino", dtype="float32", threads=threads)] if fp32 else []
+        out += [RuntimeConfig(device="cpu", backend="openvino", dtype="bfloat16", threads=threads)] if bf16 else []
     out += [RuntimeConfig(device="cpu", backend="torch", dtype="float32", threads=threads)] if fp32 else []
     out += [RuntimeConfig(device="cpu", backend="torch", dtype="bfloat16", threads=threads)] if bf16 else []
     return out
