@@ -167,6 +167,20 @@ class BlazePose(CropTeacher):
         visibility = 1.0 / (1.0 + np.exp(-lm[:, 3].astype(np.float64)))
         return points, visibility * float(np.asarray(presence).reshape(-1)[0])
 
+    def heatmaps(self, rgb: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The COCO-17 channels of the landmark heatmaps on the same crop, (17, 64, 64) probabilities,
+        and the 2x3 affine image -> crop (training/distill.py keeps them as training targets).
+
+        The model's ``Identity_3`` holds logits (measured on real frames: about -110 to +5, the
+        background near -10); MediaPipe's own refinement applies the sigmoid, and so do we.
+        """
+        matrix = square_crop_matrix(bbox)
+        crop = _crop(rgb, matrix).astype(np.float32) / 255.0
+        (logits,) = self.session.run(["Identity_3"], {self.input: crop[None]})
+        maps = logits[0][..., list(BLAZEPOSE_TO_COCO)].transpose(2, 0, 1).astype(np.float64)
+        # clipped: the logits reach -110, whose exp overflows float32 (the result would be 0 all the same)
+        return 1.0 / (1.0 + np.exp(-np.clip(maps, -60.0, 60.0))), matrix
+
     def segment(self, rgb: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The CROP_SIZE square crop around the box, its person mask in [0, 1] and the 2x3 affine
         image -> crop (training/occluders.py cuts people out with it)."""
