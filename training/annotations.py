@@ -38,6 +38,16 @@ class Instances:
     bbox_scores: np.ndarray  # (N,)
     keypoint_set: KeypointSet
     meta: dict = field(default_factory=dict)
+    ann_ids: np.ndarray | None = None  # (N,) COCO annotation id; -1 where there is none (MPII, detections)
+    # (N,) row of the person's teacher heatmaps in the run's training.distill.TeacherHeatmaps; -1 none
+    teacher_rows: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.image_paths)
+        if self.ann_ids is None:
+            self.ann_ids = np.full(n, -1, dtype=np.int64)
+        if self.teacher_rows is None:
+            self.teacher_rows = np.full(n, -1, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -54,6 +64,8 @@ class Instances:
             self.bbox_scores[rows],
             self.keypoint_set,
             self.meta if meta is None else meta,
+            self.ann_ids[rows],
+            self.teacher_rows[rows],
         )
 
 
@@ -113,7 +125,7 @@ def load_coco(
         if cat.get("id") == 1 and "keypoints" in cat and len(cat["keypoints"]) != num_k:
             raise DatasetError(f"{ann_file}: {len(cat['keypoints'])} keypoints per person, expected COCO's {num_k}")
 
-    paths, ids, boxes, kps, vis, scores = [], [], [], [], [], []
+    paths, ids, boxes, kps, vis, scores, ann_ids = [], [], [], [], [], [], []
     if det_results:
         det_file = require(Path(det_results), "detection results")
         for det in json.loads(det_file.read_text()):
@@ -126,6 +138,7 @@ def load_coco(
             kps.append(np.zeros((num_k, 2)))
             vis.append(np.zeros(num_k))
             scores.append(det["score"])
+            ann_ids.append(-1)
     else:
         anns_by_image: dict[int, list[dict]] = {}
         for ann in coco["annotations"]:
@@ -150,6 +163,7 @@ def load_coco(
                     weight = weight * np.clip(np.asarray(ann["keypoint_scores"], dtype=np.float64), 0, 1)
                 vis.append(weight)
                 scores.append(1.0)
+                ann_ids.append(ann.get("id", -1))
     centers, scales = _xywh_to_center_scale(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), aspect_ratio, padding)
     return Instances(
         image_paths=paths,
@@ -161,6 +175,7 @@ def load_coco(
         bbox_scores=np.asarray(scores, dtype=np.float64),
         keypoint_set=kset,
         meta={"ann_file": str(ann_file)},
+        ann_ids=np.asarray(ann_ids, dtype=np.int64),
     )
 
 
@@ -231,6 +246,8 @@ def concat_instances(parts: list[Instances]) -> Instances:
         bbox_scores=np.concatenate([p.bbox_scores for p in parts]),
         keypoint_set=parts[0].keypoint_set,
         meta={"parts": [p.meta for p in parts]},
+        ann_ids=np.concatenate([p.ann_ids for p in parts]),
+        teacher_rows=np.concatenate([p.teacher_rows for p in parts]),
     )
 
 
