@@ -21,12 +21,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "label": ("training.label", "main", "label images and videos with teacher models (COCO keypoints)"),
     "occluders": ("training.occluders", "main", "cut labelled people out with a teacher's mask (training occluders)"),
     "composite": ("training.composite", "main", "paste labelled cutouts onto people-free photos (a COCO set)"),
+    "teacher-heatmaps": ("training.distill", "main", "BlazePose's heatmaps of a COCO set's people (distillation targets)"),
 }
 
 
 def usage() -> str:
     lines = ["usage: hevitpose COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "Run 'hevitpose COMMAND --help' for a command's options."]
     return "\n".join(lines)
 
