@@ -54,6 +54,14 @@ class DataConfig:
     train_repeat: int = 1
     extra_train: tuple[str, ...] = ()
     extra_train_repeat: tuple[int, ...] = ()
+    # Distillation (training/distill.py): BlazePose's heatmaps of the training people, written by
+    # `hevitpose teacher-heatmaps`, blended into the Gaussian targets of the people they cover.
+    # ``teacher_heatmaps`` is relative to ``root``; ``extra_teacher_heatmaps`` holds one folder per
+    # ``extra_train`` set, relative to it ("" = none: renders keep their exact Gaussians). "" = off.
+    teacher_heatmaps: str = ""
+    extra_teacher_heatmaps: tuple[str, ...] = ()
+    teacher_heatmap_weight: float = 0.5  # target = (1 - w) * Gaussian + w * the teacher's map
+    teacher_heatmap_max_offset: float = 3.0  # heatmap px; a teacher peak farther from the label is left out (0: none)
     workers: int = 8  # per process
     pin_memory: bool = True
 
@@ -281,6 +289,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("data.extra_train_repeat: one value per data.extra_train folder (or none)")
     if d.train_repeat < 1 or any(r < 1 for r in d.extra_train_repeat):
         raise ConfigError("data.train_repeat and data.extra_train_repeat must be at least 1")
+    if d.extra_teacher_heatmaps and len(d.extra_teacher_heatmaps) != len(d.extra_train):
+        raise ConfigError('data.extra_teacher_heatmaps: one folder (or "") per data.extra_train folder (or none)')
+    if d.dataset == "mpii" and (d.teacher_heatmaps or any(d.extra_teacher_heatmaps)):
+        raise ConfigError("data.teacher_heatmaps: COCO-format sets only")
+    if not 0 <= d.teacher_heatmap_weight <= 1 or d.teacher_heatmap_max_offset < 0:
+        raise ConfigError("data.teacher_heatmap_weight must be in [0, 1] and data.teacher_heatmap_max_offset >= 0")
     if cfg.optim.epochs <= 0:
         raise ConfigError("optim.epochs must be positive")
     a = cfg.augment

@@ -25,6 +25,7 @@ from training.annotations import (
 )
 from training.config import AugmentConfig, TrainConfig, codec_from_config
 from training.dataset import TopDownDataset
+from training.distill import TeacherBlend, TeacherHeatmaps
 from training.evaluation import load_mpii_gt
 from training.occluders import OccluderBank
 
@@ -34,33 +35,43 @@ def _path(cfg: TrainConfig, rel: str) -> Path:
 
 
 def load_instances(cfg: TrainConfig, split: str) -> Instances:
+    if split == "train":
+        return load_train_instances(cfg)[0]
     d = cfg.data
-    ann = _path(cfg, d.train_ann if split == "train" else d.val_ann)
-    images = _path(cfg, d.train_images if split == "train" else d.val_images)
+    ann, images = _path(cfg, d.val_ann), _path(cfg, d.val_images)
     if d.dataset == "mpii":
-        if split == "val":
-            require(_path(cfg, d.mpii_gt), "MPII ground truth")
+        require(_path(cfg, d.mpii_gt), "MPII ground truth")
         return load_mpii(ann, images)
-    det = d.det_results if split == "val" and d.det_results else None
+    det = d.det_results or None
     if det is not None and not Path(det).is_absolute():
         det = str(_path(cfg, det))
     aspect = cfg.model.input_size[0] / cfg.model.input_size[1]
-    instances = load_coco(ann, images, aspect, cfg.codec.bbox_padding, det, d.det_bbox_thr, d.keypoint_score_weights)
-    if split != "train":
-        return instances
-    parts = [repeat_instances(instances, d.train_repeat)]
+    return load_coco(ann, images, aspect, cfg.codec.bbox_padding, det, d.det_bbox_thr, d.keypoint_score_weights)
+
+
+def load_train_instances(cfg: TrainConfig) -> tuple[Instances, TeacherHeatmaps | None]:
+    """The training people, extra sets mixed in, and the teacher heatmaps of those that have them
+    (None when the recipe names none; a person's row is ``Instances.teacher_rows``)."""
+    d = cfg.data
+    if d.dataset == "mpii":
+        return load_mpii(_path(cfg, d.train_ann), _path(cfg, d.train_images)), None
+    aspect = cfg.model.input_size[0] / cfg.model.input_size[1]
+    heatmaps = TeacherHeatmaps()
+    sets = [(Path(d.root), d.train_ann, d.train_images, d.train_repeat, d.teacher_heatmaps)]
     repeats = d.extra_train_repeat or (1,) * len(d.extra_train)
-    for folder, times in zip(d.extra_train, repeats):
+    teachers = d.extra_teacher_heatmaps or ("",) * len(d.extra_train)
+    for folder, times, teacher in zip(d.extra_train, repeats, teachers):
         root = Path(os.path.normpath(Path(d.root) / folder))  # an absolute folder replaces root
-        extra = load_coco(
-            root / "annotations/person_keypoints_train.json",
-            root / "images/train",
-            aspect,
-            cfg.codec.bbox_padding,
-            keypoint_scores=d.keypoint_score_weights,
+        sets.append((root, "annotations/person_keypoints_train.json", "images/train", times, teacher))
+    parts = []
+    for root, ann, images, times, teacher in sets:
+        part = load_coco(
+            root / ann, root / images, aspect, cfg.codec.bbox_padding, keypoint_scores=d.keypoint_score_weights
         )
-        parts.append(repeat_instances(extra, times))
-    return concat_instances(parts)
+        if teacher and d.teacher_heatmap_weight > 0:
+            part.teacher_rows = heatmaps.add(root / teacher, part.ann_ids, root / ann)
+        parts.append(repeat_instances(part, times))
+    return concat_instances(parts), (heatmaps if len(heatmaps) else None)
 
 
 def train_dataset(cfg: TrainConfig) -> TopDownDataset:
@@ -71,8 +82,13 @@ def train_dataset(cfg: TrainConfig) -> TopDownDataset:
         ids = COCO_UPPER_BODY if cfg.data.dataset == "coco" else MPII_UPPER_BODY
         aug = AugmentConfig(**{**aug.__dict__, "upper_body_ids": ids})
     occluders = OccluderBank(_path(cfg, aug.occluder_dir)) if aug.occluder_dir else None
+    instances, heatmaps = load_train_instances(cfg)
+    d = cfg.data
+    teacher = (
+        None if heatmaps is None else TeacherBlend(heatmaps, d.teacher_heatmap_weight, d.teacher_heatmap_max_offset)
+    )
     return TopDownDataset(
-        load_instances(cfg, "train"), codec_from_config(cfg), aug, train=True, seed=cfg.run.seed, occluders=occluders
+        instances, codec_from_config(cfg), aug, train=True, seed=cfg.run.seed, occluders=occluders, teacher=teacher
     )
 
 

@@ -18,6 +18,7 @@ from model.codec import HeatmapCodec, apply_affine, get_warp_matrix, invert_affi
 from training.annotations import Instances
 from training.appearance import augment_appearance
 from training.config import AugmentConfig
+from training.distill import TeacherBlend
 from training.occluders import OccluderBank, occlude
 from training.transforms import Crop, compose, flip_matrix, random_crop
 
@@ -39,9 +40,11 @@ class TopDownDataset(Dataset):
         train: bool = False,
         seed: int = 0,
         occluders: OccluderBank | None = None,
+        teacher: TeacherBlend | None = None,
     ):
         self.instances = instances
         self.occluders = occluders
+        self.teacher = teacher
         self.codec = codec
         self.augment = augment or AugmentConfig()
         self.train = train
@@ -106,6 +109,12 @@ class TopDownDataset(Dataset):
             target, weight = codec.encode(
                 torch.from_numpy(kps_input).float(), torch.from_numpy(np.asarray(visible)).float() * valid
             )
+            row = int(inst.teacher_rows[index])
+            if self.teacher is not None and row >= 0 and valid:
+                stride = codec.heatmap_stride
+                flip_index = self.flip_index if crop.flip else None
+                # ``matrix``, not ``warp``: the teacher's maps are of the unmirrored image, as its pixels are
+                target = self.teacher(row, target, weight, kps_input / stride, matrix / stride, flip_index)
             sample["target"], sample["target_weight"] = target, weight
             sample["flipped"] = crop.flip
         return sample
