@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "label": ("training.label", "main", "label images and videos with teacher models (COCO keypoints)"),
     "occluders": ("training.occluders", "main", "cut labelled people out with a teacher's mask (training occluders)"),
     "composite": ("training.composite", "main", "paste labelled cutouts onto people-free photos (a COCO set)"),
-    "teacher-heatmaps": ("training.distill", "main", "BlazePose's heatmaps of a COCO set's people (distillation targets)"),
+    "teacher-heatmaps": ("training.distill", "main", "BlazePose's heatmaps of a COCO set's people (distillation)"),
 }
 
 
