@@ -20,7 +20,6 @@ landmarks BlazePose regresses, where a half-pixel convention would put them 0.4 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -33,6 +32,7 @@ import cv2
 import numpy as np
 import torch
 
+from model.bundle import sha256
 from model.codec import invert_affine
 from model.keypoints import COCO17
 from training.teachers import CROP_SIZE, TEACHER_FILES, BlazePose, TeacherError, default_models_dir
@@ -47,10 +47,6 @@ MIN_PEAK = 0.1
 
 class DistillError(ValueError):
     pass
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # --------------------------------------------------------------------------- writing
@@ -129,7 +125,7 @@ def write_teacher_heatmaps(
             "shape": shape,
             "values": "sigmoid of BlazePose's heatmap logits, each channel divided by its peak",
             "annotations": str(ann_file),
-            "annotations_sha256": file_digest(ann_file),
+            "annotations_sha256": sha256(ann_file),
             "images": str(images_dir),
             "rows": rows,
         }
@@ -181,7 +177,7 @@ class TeacherHeatmaps:
         index = json.loads(index_file.read_text())
         if index.get("format") != FORMAT or index.get("keypoints") != list(COCO17.names):
             raise FileNotFoundError(f"{index_file}: not a COCO-17 teacher heatmap index of format {FORMAT}")
-        if ann_file is not None and index.get("annotations_sha256") != file_digest(Path(ann_file)):
+        if ann_file is not None and index.get("annotations_sha256") != sha256(ann_file):
             raise FileNotFoundError(
                 f"{folder} was made from another annotation file than {ann_file}; "
                 "make it again with `hevitpose teacher-heatmaps`"
