@@ -6,7 +6,9 @@ the carried wheels beside it::
     python3 scripts/gpu_run.py --pack data/pack --out "$OUT" --train-seconds 330
 
 The pack unpacks to the folders the recipe reads (the real set, its occluders, the render sets
-beside it); ``data.root`` is set to the real set the pack names, the rest is the recipe's.
+beside it); the packed cutouts' labels then make ``hevitpose composite``'s set (``--composites``
+images, every core) beside them; ``data.root`` is set to the real set the pack names, the rest is
+the recipe's.
 
 Every step's result lands in ``--out`` as soon as it exists (timings.json is rewritten after each
 step), so a run cut short still returns what it did. ``--smoke`` runs the whole path on a CPU in
@@ -30,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+COMPOSITE = "composite"  # beside the real set, as configs/hevitpose_default_gpu.yaml's data.extra_train names it
 
 
 class Timings:
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-seconds", type=float, default=330.0, help="training time after the probes")
     parser.add_argument("--min-samples", type=int, default=600_000)
     parser.add_argument("--probe-steps", type=int, default=40)
+    parser.add_argument("--composites", type=int, default=4000,
+                        help="images of the packed cutouts on photographs, as many as the CPU recipe's (0: none; "
+                             "the recipe then needs data.extra_train without ../composite)")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="CPU check of the whole path: tiny inputs, a few steps")
     parser.add_argument("overrides", nargs="*", help="extra recipe overrides, key=value")
     args = parser.parse_args(argv)
@@ -72,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from training.cli import eval_main, export_main
+    from training.composite import CompositeConfig, write_composites
     from training.config import load_config
     from training.data import train_dataset
     from training.pack import read_pack
@@ -90,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.work)
     report = read_pack(args.pack, data, workers=os.cpu_count() or 1)
     timings.mark("unpacked", **report)
+    if args.composites and report["occluder_labels"]:
+        cutouts = data / report["real"] / report["occluder_dir"]
+        composite = CompositeConfig(num=8 if args.smoke else args.composites)
+        made = write_composites(cutouts, data / COMPOSITE, "train", composite, workers=os.cpu_count() or 1)
+        timings.mark("composited", **made)
 
     base = [f"data.root={data / report['real']}", *args.overrides]
     if args.smoke:

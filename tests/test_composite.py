@@ -89,4 +89,13 @@ def test_composite_command_writes_a_set_training_reads(tmp_path, capsys):
     again = json.loads((out / "annotations/person_keypoints_again.json").read_text())
     assert again["annotations"] == coco["annotations"]
     assert main(args) == 2 and "exists" in capsys.readouterr().err
+    # the same images and labels from a pool of processes
+    pooled = tmp_path / "pooled"
+    assert main([str(folder), str(pooled), *args[2:], "--workers", "2"]) == 0
+    capsys.readouterr()
+    pooled_coco = json.loads((pooled / "annotations/person_keypoints_train.json").read_text())
+    assert pooled_coco["images"] == coco["images"] and pooled_coco["annotations"] == coco["annotations"]
+    for img in coco["images"]:
+        name = img["file_name"]
+        assert (pooled / "images/train" / name).read_bytes() == (out / "images/train" / name).read_bytes()
     assert main([str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2

@@ -1,7 +1,7 @@
 """The data pack and the one-call GPU script, run end to end on the CPU (--smoke).
 
 The data is the current recipe's layout in miniature: a labelled real set ``real2`` with its
-occluder cutouts, and two render sets, ``synth_photo`` and ``synth``.
+occluder cutouts (labelled, for the composites), and two render sets, ``synth_photo`` and ``synth``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from _training_data import make_coco
 
+from training.composite import load_cutouts
 from training.occluders import OccluderBank
 from training.pack import read_pack, write_pack
 
@@ -54,16 +55,22 @@ def _real_dataset(root: Path, video: Path, frames: list[np.ndarray], max_side: i
 
 
 def _occluders(folder: Path, n: int) -> None:
-    """RGBA cutouts as `hevitpose occluders` writes them: a coloured figure with a soft-edged alpha."""
+    """RGBA cutouts and cutouts.json as `hevitpose occluders` writes them: a coloured figure with a
+    soft-edged alpha, its joints down its middle."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
+    index = []
     for i in range(n):
         h, w = int(rng.integers(40, 80)), int(rng.integers(16, 40))
         mask = np.zeros((h, w), np.uint8)
         cv2.ellipse(mask, (w // 2, h // 2), (w // 2 - 2, h // 2 - 2), 0, 0, 360, 255, -1)
         alpha = cv2.GaussianBlur(mask, (7, 7), 0)  # every value 0-255 at the edge, as a mask's
         bgr = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (5, 5), 0)
-        cv2.imwrite(str(folder / f"{i:06d}_{i:06d}.png"), np.dstack([bgr, alpha]))
+        name = f"{i:06d}_{i:06d}.png"
+        cv2.imwrite(str(folder / name), np.dstack([bgr, alpha]))
+        kps = [[w / 2 + (3 if j % 2 else -3), 4 + (h - 8) * j / 16, 2] for j in range(17)]
+        index.append({"file": name, "keypoints": np.ravel(kps).tolist(), "keypoint_scores": [0.8] * 17})
+    (folder / "cutouts.json").write_text(json.dumps({"source": "test", "cutouts": index}))
 
 
 @pytest.fixture()
@@ -94,7 +101,9 @@ def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path)
     assert manifest["real"] == "real2" and manifest["renders"] == ["synth_photo", "synth"]
     for name in ("synth_photo", "synth"):
         assert manifest[f"{name}_val_images"] == 2 and manifest[f"{name}_train_images"] == 6
-    assert manifest["occluder_images"] == 4 and manifest["occluders_available"] == 6
+    assert (
+        manifest["occluder_images"] == 4 and manifest["occluders_available"] == 6 and manifest["occluder_labels"] == 4
+    )
     assert manifest["real_train_images"] == 3 and manifest["real_val_images"] == 1 and manifest["real_videos"] == 1
     assert (pack / "real2/videos/clip.avi").is_file() and not any((pack / "real2").rglob("*.jpg"))
     assert not any(pack.rglob("*.png")) and len(list((pack / "real2/occluders").glob("*.webp"))) == 4
@@ -104,7 +113,7 @@ def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path)
     out = tmp_path / "unpacked"
     report = read_pack(pack, out, workers=2)
     assert report == {"real": "real2", "real_frames": 4, "videos": 1, "render_images": {"synth_photo": 8, "synth": 8},
-                      "occluder_dir": "occluders", "occluder_images": 4}  # fmt: skip
+                      "occluder_dir": "occluders", "occluder_images": 4, "occluder_labels": 4}  # fmt: skip
     for split in ("train", "val"):
         for original in (data_dir / "real2/images" / split).iterdir():
             assert (out / "real2/images" / split / original.name).read_bytes() == original.read_bytes()
@@ -114,6 +123,12 @@ def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path)
         assert cv2.imread(str(out / name / "images/train" / synth["images"][0]["file_name"])).shape == (96, 96, 3)
     # the occluders come back as the PNGs OccluderBank reads: alpha exact, colour near where it shows
     assert len(OccluderBank(out / "real2/occluders").images()) == 4
+    # with the labels of those four: the cutouts hevitpose composite reads
+    index = json.loads((out / "real2/occluders/cutouts.json").read_text())
+    original = json.loads((data_dir / "real2/occluders/cutouts.json").read_text())
+    assert [e["file"] for e in index["cutouts"]] == sorted(p.name for p in (out / "real2/occluders").glob("*.png"))
+    assert all(e in original["cutouts"] for e in index["cutouts"])
+    assert len(load_cutouts(out / "real2/occluders")) == 4
     for png in (out / "real2/occluders").glob("*.png"):
         back = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
         original = cv2.imread(str(data_dir / "real2/occluders" / png.name), cv2.IMREAD_UNCHANGED)
@@ -166,8 +181,9 @@ def test_gpu_run_smoke_trains_evaluates_and_exports_on_cpu(data_dir, tmp_path):
             "--models", "hevitpose-t", "run.tensorboard=false"]  # fmt: skip
     assert gpu_run.main(args) == 0
     timings = json.loads((out / "timings.json").read_text())
-    assert list(timings) == ["start", "unpacked", "probe hevitpose-t", "plan", "trained", "exported",
+    assert list(timings) == ["start", "unpacked", "composited", "probe hevitpose-t", "plan", "trained", "exported",
                              "eval real_val", "eval synth_photo_val", "eval synth_val", "done"]  # fmt: skip
+    assert timings["composited"]["cutouts"] == 4 and timings["composited"]["images"] > 0
     assert timings["plan"]["model"] == "hevitpose-t" and timings["trained"]["step"] == 3
     assert timings["unpacked"]["real"] == "real2" and timings["plan"]["occluders"] == 4  # the recipe read the pack's
     assert (out / "weights/hevitpose-t-default-gpu.safetensors").is_file()

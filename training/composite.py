@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shutil
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,27 +120,57 @@ def compose_image(
     return (canvas * 255).round().astype(np.uint8), people
 
 
-def write_composites(cutout_dir: Path, out_dir: Path, split: str, cfg: CompositeConfig) -> dict:
+_STATE: dict = {}  # per process: the cutouts, backgrounds and settings _compose_one reads
+
+
+def _init_worker(cutout_dir: str, image_dir: str, cfg: CompositeConfig) -> None:
     from training.synth.appearance import Backgrounds
 
+    cv2.setNumThreads(1)
+    _STATE.update(cutouts=load_cutouts(Path(cutout_dir)), image_dir=Path(image_dir), cfg=cfg,
+                  backgrounds=Backgrounds("photos", photo_probability=1.0, max_zoom=1.8))  # fmt: skip
+
+
+def _compose_one(i: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Image i (written as ``{i:06d}.jpg`` if anyone in it is labelled) and its labelled people."""
+    cfg = _STATE["cfg"]
+    rng = np.random.default_rng([cfg.seed, i])  # image i alone decides its draws
+    rgb, people = compose_image(_STATE["cutouts"], _STATE["backgrounds"], cfg, rng)
+    kept = [p for p in people if (p[0][:, 2] > 0).sum() >= cfg.min_keypoints]
+    if kept:
+        path = _STATE["image_dir"] / f"{i:06d}.jpg"
+        cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return kept
+
+
+def write_composites(cutout_dir: Path, out_dir: Path, split: str, cfg: CompositeConfig, workers: int = 1) -> dict:
+    """``cfg.num`` images into ``out_dir/images/split`` and their COCO file; the same files for any
+    number of ``workers`` (processes), since each image's draws depend on its index alone."""
     ann_file = out_dir / f"annotations/person_keypoints_{split}.json"
     if ann_file.exists():
         raise FileExistsError(f"{ann_file} exists; choose another --split or folder")
-    cutouts = load_cutouts(cutout_dir)
-    backgrounds = Backgrounds("photos", photo_probability=1.0, max_zoom=1.8)
     image_dir = out_dir / "images" / split
-    image_dir.mkdir(parents=True, exist_ok=True)
+    init = (str(cutout_dir), str(image_dir), cfg)
+    try:
+        _init_worker(*init)  # here too: a missing or empty cutout folder fails before any image is written
+        n_cutouts = len(_STATE["cutouts"])
+        image_dir.mkdir(parents=True, exist_ok=True)
+        if workers > 1:
+            # spawn, not fork: a forked child of a process whose OpenCV/torch thread pools already ran
+            # can deadlock on a lock copied mid-use
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
+                results = list(pool.map(_compose_one, range(cfg.num), chunksize=max(1, cfg.num // (8 * workers))))
+        else:
+            results = [_compose_one(i) for i in range(cfg.num)]
+    finally:
+        _STATE.clear()  # the decoded cutouts and photos are a few hundred MB
     images, annotations = [], []
-    for i in range(cfg.num):
-        rng = np.random.default_rng([cfg.seed, i])  # image i alone decides its draws
-        rgb, people = compose_image(cutouts, backgrounds, cfg, rng)
-        kept = [p for p in people if (p[0][:, 2] > 0).sum() >= cfg.min_keypoints]
+    for i, kept in enumerate(results):
         if not kept:
             continue
         image_id = len(images) + 1
-        name = f"{i:06d}.jpg"
-        cv2.imwrite(str(image_dir / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
-        images.append({"id": image_id, "file_name": name, "width": cfg.width, "height": cfg.height})
+        images.append({"id": image_id, "file_name": f"{i:06d}.jpg", "width": cfg.width, "height": cfg.height})
         for kps, scores, (x1, y1, x2, y2) in kept:
             labelled = kps[:, 2] > 0
             annotations.append({
@@ -155,7 +187,7 @@ def write_composites(cutout_dir: Path, out_dir: Path, split: str, cfg: Composite
             "info": {"cutouts": str(cutout_dir), "seed": cfg.seed}}  # fmt: skip
     partial.write_text(json.dumps(coco))
     partial.rename(ann_file)  # last: a set is complete when its annotation file exists
-    return {"images": len(images), "people": len(annotations), "cutouts": len(cutouts)}
+    return {"images": len(images), "people": len(annotations), "cutouts": n_cutouts}
 
 
 def main(argv: list[str]) -> int:
@@ -169,13 +201,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--height", type=int, default=d.height)
     parser.add_argument("--max-people", type=int, default=d.max_people)
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--workers", type=int, default=1, help="processes; the output is the same for any number")
     args = parser.parse_args(argv)
-    if args.num < 1 or args.max_people < 1 or min(args.width, args.height) < 32:
-        print("hevitpose composite: --num and --max-people must be >= 1, --width/--height >= 32", file=sys.stderr)
+    if args.num < 1 or args.max_people < 1 or args.workers < 1 or min(args.width, args.height) < 32:
+        message = "--num, --max-people and --workers must be >= 1, --width/--height >= 32"
+        print(f"hevitpose composite: {message}", file=sys.stderr)
         return 2
     cfg = CompositeConfig(args.num, args.width, args.height, args.max_people, seed=args.seed)
     try:
-        report = write_composites(args.cutouts, args.out_dir, args.split, cfg)
+        report = write_composites(args.cutouts, args.out_dir, args.split, cfg, args.workers)
     except (FileNotFoundError, FileExistsError) as exc:
         print(f"hevitpose composite: {exc}", file=sys.stderr)
         return 2

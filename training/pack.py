@@ -2,13 +2,15 @@
 
 The GPU machine receives only the working tree (64 MiB in all), so the data travels compressed:
 the labelled real footage as the videos themselves plus their label JSON (frames are decoded
-again there, bit-exact, by frame index), a sample of the occluder cutouts and the renders as WebP,
-and every label file gzipped. ``read_pack`` rebuilds the folders the recipes read: the real set
-(``data.root``, e.g. ``real2/``) with its occluders (``augment.occluder_dir``, e.g.
-``real2/occluders/``), and each render set beside it (``data.extra_train``, e.g. ``../synth_photo``,
-``../synth``), so ``configs/hevitpose_default_gpu.yaml`` reads them with only ``data.root`` set.
+again there, bit-exact, by frame index), a sample of the occluder cutouts (with their entries of
+``cutouts.json``, from which ``scripts/gpu_run.py`` composes ``hevitpose composite``'s images
+there) and the renders as WebP, and every label file gzipped. ``read_pack`` rebuilds the folders
+the recipes read: the real set (``data.root``, e.g. ``real2/``) with its occluders
+(``augment.occluder_dir``, e.g. ``real2/occluders/``), and each render set beside it
+(``data.extra_train``, e.g. ``../synth_photo``, ``../synth``), so ``configs/hevitpose_default_gpu.yaml``
+reads them with only ``data.root`` set.
 
-    python -m training.pack write data/ pack/ --budget-mb 38
+    python -m training.pack write data/ pack/ --budget-mb 35
     python -m training.pack read pack/ /tmp/data --workers 16
 """
 
@@ -27,9 +29,10 @@ from pathlib import Path
 import cv2
 
 SPLITS = ("train", "val")
-# The current recipe's data (configs/hevitpose_t_default_ft3.yaml): re-labelled footage, its
-# occluders, photo-preset then hard-preset renders, the budget split evenly between the two as
-# the recipe repeats each once per epoch.
+# The current recipe's data (configs/hevitpose_t_default_ft4.yaml): re-labelled footage, its
+# occluders (with their labels, from which the composites are made again), photo-preset then
+# hard-preset renders, the budget split evenly between the two as the recipe repeats each once per
+# epoch.
 REAL = "real2"
 RENDERS = (("synth_photo", 1.0), ("synth", 1.0))
 OCCLUDERS = "occluders"
@@ -83,14 +86,22 @@ def _write_real(data: Path, pack: Path, real: str) -> dict:
 
 
 def _write_occluders(src: Path, dst: Path, count: int, quality: int) -> dict:
-    """Every (len / count)-th cutout of ``src`` as WebP with alpha."""
+    """Every (len / count)-th cutout of ``src`` as WebP with alpha, and their entries of its
+    ``cutouts.json`` (the labels ``hevitpose composite`` stands them up with) where it has one."""
     paths = sorted(src.glob("*.png"))
     if not paths:
         raise FileNotFoundError(f"no occluder PNGs in {src}")
     n = min(count, len(paths))
     dst.mkdir(parents=True)
-    for i in range(n):
-        path = paths[i * len(paths) // n]
+    picked = [paths[i * len(paths) // n] for i in range(n)]
+    labelled = 0
+    if (src / "cutouts.json").is_file():
+        index = json.loads((src / "cutouts.json").read_text())
+        names = {path.name for path in picked}
+        index["cutouts"] = [entry for entry in index["cutouts"] if entry["file"] in names]
+        _write_json(dst / "cutouts.json", index)
+        labelled = len(index["cutouts"])
+    for path in picked:
         bgra = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
             raise ValueError(f"{path}: not an RGBA cutout")
@@ -98,7 +109,7 @@ def _write_occluders(src: Path, dst: Path, count: int, quality: int) -> dict:
         if not ok:
             raise RuntimeError(f"could not encode {path}")
         (dst / f"{path.stem}.webp").write_bytes(buf.tobytes())
-    return {"occluder_images": n, "occluders_available": len(paths)}
+    return {"occluder_images": n, "occluders_available": len(paths), "occluder_labels": labelled}
 
 
 def _write_renders(data: Path, pack: Path, name: str, split: str, budget: float, limit: int, quality: int) -> int:
@@ -234,10 +245,14 @@ def read_pack(pack: Path, out: Path, workers: int = 0) -> dict:
             jobs.setdefault(video, []).append(
                 (image["frame"], str(image_dir / image["file_name"]), image["width"], image["height"])
             )
-    cutouts = []
+    cutouts, labelled = [], 0
     if occluders:
         (out / real / occluders).mkdir(parents=True, exist_ok=True)
         cutouts = [(str(p), str(out / real / occluders / f"{p.stem}.png")) for p in (pack / real / occluders).glob("*.webp")]  # fmt: skip
+        if Path(f"{pack / real / occluders / 'cutouts.json'}.gz").is_file():  # packs before it carried no labels
+            index = _read_json(pack / real / occluders / "cutouts.json")
+            (out / real / occluders / "cutouts.json").write_text(json.dumps(index))
+            labelled = len(index["cutouts"])
     workers = workers or os.cpu_count() or 1
     # spawn, not fork: a forked child of a process whose OpenCV/torch thread pools already ran can
     # deadlock on a lock copied mid-use
@@ -260,6 +275,7 @@ def read_pack(pack: Path, out: Path, workers: int = 0) -> dict:
         "render_images": render_images,
         "occluder_dir": occluders,
         "occluder_images": n_occluders,
+        "occluder_labels": labelled,
     }
 
 
@@ -269,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("write", help="data folder -> pack")
     w.add_argument("data", type=Path)
     w.add_argument("pack", type=Path)
-    w.add_argument("--budget-mb", type=float, default=38.0)
+    # 64 MiB travel to the device: the tracked tree (23.3 MiB), bench/gpu_wheels.sh's wheels (3.7 MiB) and the pack
+    w.add_argument("--budget-mb", type=float, default=35.0)
     w.add_argument("--webp-quality", type=int, default=60, help="renders")
     w.add_argument("--val-images", type=int, default=100, help="validation renders per render set")
     w.add_argument("--real", default=REAL, help="the labelled real set, a folder of DATA")
