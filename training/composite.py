@@ -123,10 +123,11 @@ def compose_image(
 _STATE: dict = {}  # per process: the cutouts, backgrounds and settings _compose_one reads
 
 
-def _init_worker(cutout_dir: str, image_dir: str, cfg: CompositeConfig) -> None:
+def _init_worker(cutout_dir: str, image_dir: str, cfg: CompositeConfig, pooled: bool = True) -> None:
     from training.synth.appearance import Backgrounds
 
-    cv2.setNumThreads(1)
+    if pooled:  # one OpenCV thread per process, as many processes as cores; the caller's own is left as it is
+        cv2.setNumThreads(1)
     _STATE.update(cutouts=load_cutouts(Path(cutout_dir)), image_dir=Path(image_dir), cfg=cfg,
                   backgrounds=Backgrounds("photos", photo_probability=1.0, max_zoom=1.8))  # fmt: skip
 
@@ -152,7 +153,8 @@ def write_composites(cutout_dir: Path, out_dir: Path, split: str, cfg: Composite
     image_dir = out_dir / "images" / split
     init = (str(cutout_dir), str(image_dir), cfg)
     try:
-        _init_worker(*init)  # here too: a missing or empty cutout folder fails before any image is written
+        # here too: a missing or empty cutout folder fails before any image is written
+        _init_worker(*init, pooled=False)
         n_cutouts = len(_STATE["cutouts"])
         image_dir.mkdir(parents=True, exist_ok=True)
         if workers > 1:
