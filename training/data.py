@@ -34,9 +34,7 @@ def _path(cfg: TrainConfig, rel: str) -> Path:
     return Path(cfg.data.root) / rel
 
 
-def load_instances(cfg: TrainConfig, split: str) -> Instances:
-    if split == "train":
-        return load_train_instances(cfg)[0]
+def load_val_instances(cfg: TrainConfig) -> Instances:
     d = cfg.data
     ann, images = _path(cfg, d.val_ann), _path(cfg, d.val_images)
     if d.dataset == "mpii":
@@ -93,7 +91,7 @@ def train_dataset(cfg: TrainConfig) -> TopDownDataset:
 
 
 def val_dataset(cfg: TrainConfig) -> TopDownDataset:
-    instances = load_instances(cfg, "val")
+    instances = load_val_instances(cfg)
     if cfg.data.dataset == "mpii":
         # Checked now, not after the first ten epochs: the official evaluation pairs people by order.
         n_gt = load_mpii_gt(_path(cfg, cfg.data.mpii_gt))["pos_gt_src"].shape[2]

@@ -37,6 +37,12 @@ def default_models_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "models"
 
 
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """In float64, clipped: BlazePose's heatmap logits reach -110 and its mask's may go further; past
+    ±60 the result is 0 or 1 to float64's precision all the same, and exp cannot overflow."""
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(logits, dtype=np.float64), -60.0, 60.0)))
+
+
 def _session(path: Path, threads: int):
     import onnxruntime as ort
 
@@ -164,7 +170,7 @@ class BlazePose(CropTeacher):
         landmarks, presence = self.session.run(["Identity", "Identity_1"], {self.input: crop[None]})
         lm = landmarks.reshape(39, 5)[list(BLAZEPOSE_TO_COCO)]
         points = _crop_to_image(lm[:, :2].astype(np.float64), matrix)
-        visibility = 1.0 / (1.0 + np.exp(-lm[:, 3].astype(np.float64)))
+        visibility = _sigmoid(lm[:, 3])
         return points, visibility * float(np.asarray(presence).reshape(-1)[0])
 
     def heatmaps(self, rgb: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,9 +183,7 @@ class BlazePose(CropTeacher):
         matrix = square_crop_matrix(bbox)
         crop = _crop(rgb, matrix).astype(np.float32) / 255.0
         (logits,) = self.session.run(["Identity_3"], {self.input: crop[None]})
-        maps = logits[0][..., list(BLAZEPOSE_TO_COCO)].transpose(2, 0, 1).astype(np.float64)
-        # clipped: the logits reach -110, whose exp overflows float32 (the result would be 0 all the same)
-        return 1.0 / (1.0 + np.exp(-np.clip(maps, -60.0, 60.0))), matrix
+        return _sigmoid(logits[0][..., list(BLAZEPOSE_TO_COCO)].transpose(2, 0, 1)), matrix
 
     def segment(self, rgb: np.ndarray, bbox: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The CROP_SIZE square crop around the box, its person mask in [0, 1] and the 2x3 affine
@@ -187,5 +191,5 @@ class BlazePose(CropTeacher):
         matrix = square_crop_matrix(bbox)
         crop = _crop(rgb, matrix)
         (logits,) = self.session.run(["Identity_2"], {self.input: (crop.astype(np.float32) / 255.0)[None]})
-        mask = 1.0 / (1.0 + np.exp(-logits.reshape(CROP_SIZE, CROP_SIZE).astype(np.float64)))
+        mask = _sigmoid(logits.reshape(CROP_SIZE, CROP_SIZE))
         return crop, mask, matrix
