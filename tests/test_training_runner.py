@@ -71,6 +71,12 @@ def test_train_writes_checkpoints_logs_curves_and_exports(tmp_path, coco_root, c
     assert eval_main([str(cfg), str(bundle_dir / "tiny.json"), "--no-flip-test"]) == 0
     bundle_report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert bundle_report["metrics"]["AP"] == pytest.approx(report["metrics"]["AP"], abs=0.05)
+    # a recipe of another input size or padding still crops as the network was trained
+    crop_args = ["--no-flip-test", "model.input_size=[96,96]", "codec.bbox_padding=1.5"]
+    assert eval_main([str(cfg), str(bundle_dir / "tiny.json"), *crop_args]) == 0
+    captured = capsys.readouterr()
+    assert "model.input_size=[64,64] codec.bbox_padding=1.25" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["metrics"] == bundle_report["metrics"]
 
 
 def test_resume_continues_exactly(tmp_path, coco_root):

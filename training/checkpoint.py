@@ -102,7 +102,13 @@ def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, 
         from model.bundle import load_bundle
 
         model, meta = load_bundle(path)
-        return model, {"model": meta.model, "metrics": meta.metrics, "num_keypoints": meta.num_keypoints}
+        return model, {
+            "model": meta.model,
+            "metrics": meta.metrics,
+            "num_keypoints": meta.num_keypoints,
+            "input_size": list(meta.codec.input_size),
+            "bbox_padding": meta.codec.bbox_padding,
+        }
     state = load(path)
     cfg = state["config"]
     kset = KEYPOINT_SETS[state["keypoint_set"]]
@@ -116,4 +122,6 @@ def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, 
         "best": state.get("best", {}),
         "epoch": state.get("epoch"),
         "step": state.get("step"),
+        "input_size": list(cfg["model"]["input_size"]),
+        "bbox_padding": cfg.get("codec", {}).get("bbox_padding"),
     }

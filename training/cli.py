@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,6 +65,16 @@ def train_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- eval
 
 
+def _crop_overrides(cfg: Any, info: dict[str, Any]) -> list[str]:
+    """Overrides that make the recipe crop as the checkpoint's codec does (none where they agree)."""
+    out = []
+    if info.get("input_size") and list(info["input_size"]) != list(cfg.model.input_size):
+        out.append(f"model.input_size=[{','.join(str(v) for v in info['input_size'])}]")
+    if info.get("bbox_padding") is not None and float(info["bbox_padding"]) != float(cfg.codec.bbox_padding):
+        out.append(f"codec.bbox_padding={info['bbox_padding']}")
+    return out
+
+
 def eval_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="hevitpose eval", description="Evaluate a checkpoint on the recipe's validation set."
@@ -93,9 +104,15 @@ def eval_main(argv: list[str]) -> int:
     if args.decode:
         overrides.append(f"codec.decode_method={args.decode}")
     try:
-        cfg = load_config(args.config, overrides)
-        dataset = val_dataset(cfg)
         model, info = load_checkpoint_model(args.checkpoint)
+        cfg = load_config(args.config, overrides)
+        crop = _crop_overrides(cfg, info)
+        if crop:
+            # A network scored on crops of another size or padding than it was trained on scores low for
+            # no fault of its own: crop as the checkpoint's codec says, whatever the recipe's.
+            print(f"hevitpose eval: cropping as the checkpoint was trained: {' '.join(crop)}", file=sys.stderr)
+            cfg = load_config(args.config, overrides + crop)
+        dataset = val_dataset(cfg)
     except (ConfigError, DatasetError, FileNotFoundError) as exc:
         return _fail("eval", str(exc))
     kset = dataset.instances.keypoint_set
