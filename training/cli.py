@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from training.checkpoint import load_checkpoint_model
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 
 def _fail(command: str, message: str, code: int = 2) -> int:
@@ -65,14 +69,16 @@ def train_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- eval
 
 
-def _crop_overrides(cfg: Any, info: dict[str, Any]) -> list[str]:
-    """Overrides that make the recipe crop as the checkpoint's codec does (none where they agree)."""
-    out = []
-    if info.get("input_size") and list(info["input_size"]) != list(cfg.model.input_size):
-        out.append(f"model.input_size=[{','.join(str(v) for v in info['input_size'])}]")
-    if info.get("bbox_padding") is not None and float(info["bbox_padding"]) != float(cfg.codec.bbox_padding):
-        out.append(f"codec.bbox_padding={info['bbox_padding']}")
-    return out
+def _crop_as_trained(cfg: TrainConfig, info: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """The recipe with the checkpoint's input size and box padding, and what changed (empty where they agree)."""
+    model, codec, changed = cfg.model, cfg.codec, []
+    if info.get("input_size") and tuple(info["input_size"]) != tuple(model.input_size):
+        model = replace(model, input_size=tuple(info["input_size"]))
+        changed.append(f"model.input_size=[{','.join(str(v) for v in model.input_size)}]")
+    if info.get("bbox_padding") is not None and float(info["bbox_padding"]) != float(codec.bbox_padding):
+        codec = replace(codec, bbox_padding=float(info["bbox_padding"]))
+        changed.append(f"codec.bbox_padding={codec.bbox_padding}")
+    return replace(cfg, model=model, codec=codec), changed
 
 
 def eval_main(argv: list[str]) -> int:
@@ -106,12 +112,11 @@ def eval_main(argv: list[str]) -> int:
     try:
         model, info = load_checkpoint_model(args.checkpoint)
         cfg = load_config(args.config, overrides)
-        crop = _crop_overrides(cfg, info)
-        if crop:
-            # A network scored on crops of another size or padding than it was trained on scores low for
-            # no fault of its own: crop as the checkpoint's codec says, whatever the recipe's.
-            print(f"hevitpose eval: cropping as the checkpoint was trained: {' '.join(crop)}", file=sys.stderr)
-            cfg = load_config(args.config, overrides + crop)
+        # A network scored on crops of another size or padding than it was trained on scores low for
+        # no fault of its own: crop as the checkpoint's codec says, whatever the recipe's.
+        cfg, changed = _crop_as_trained(cfg, info)
+        if changed:
+            print(f"hevitpose eval: cropping as the checkpoint was trained: {' '.join(changed)}", file=sys.stderr)
         dataset = val_dataset(cfg)
     except (ConfigError, DatasetError, FileNotFoundError) as exc:
         return _fail("eval", str(exc))
