@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from report import machine, write_section  # noqa: E402  (bench/ is on sys.path)
 
-from model import build_model  # noqa: E402
+from model import HEATMAP_STRIDE, build_model  # noqa: E402
 from model.codec import apply_affine, encode_heatmaps, get_warp_matrix, normalize, warp_crop  # noqa: E402
 from model.keypoints import COCO17  # noqa: E402
 from training.config import config_from_dict  # noqa: E402
@@ -148,18 +148,28 @@ def loader_throughput(dataset, workers: int, batch: int, duration: float) -> flo
     return samples / (time.perf_counter() - start)
 
 
-def step_throughput(model_name: str, batch: int, device: torch.device, duration: float) -> float:
-    """forward + backward + Adam on tensors already on the device."""
+def step_throughput(
+    model_name: str,
+    batch: int,
+    device: torch.device,
+    duration: float,
+    input_size: tuple[int, int] = (256, 256),
+    autocast: torch.dtype | None = None,
+) -> float:
+    """forward + backward + Adam on tensors already on the device; ``input_size`` is (width, height).
+    ``autocast`` defaults to bf16 on CUDA and none on the CPU, as the runner's defaults."""
     # channels_last on CPU too, as the runner's default (run.channels_last): oneDNN's convolutions prefer it
     model = build_model(model_name, 17).to(device).to(memory_format=torch.channels_last)
     cuda = device.type == "cuda"
+    dtype = autocast if autocast is not None else (torch.bfloat16 if cuda else None)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 3, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
-    target = torch.rand(batch, 17, 64, 64, device=device)
+    w, h = input_size
+    x = torch.randn(batch, 3, h, w, device=device).contiguous(memory_format=torch.channels_last)
+    target = torch.rand(batch, 17, h // HEATMAP_STRIDE, w // HEATMAP_STRIDE, device=device)
     weight = torch.ones(batch, 17, device=device)
 
     def step() -> int:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = model(x)
         loss = heatmap_loss(out, target, weight)
         opt.zero_grad(set_to_none=True)

@@ -237,3 +237,14 @@ def test_init_from_a_checkpoint_or_a_bundle_starts_from_its_weights(tmp_path, co
     assert train_main([str(second), f"model.init_from={tmp_path / 'a' / 'last.pt'}", "model.name=hevitpose-s"]) == 2
     assert "holds hevitpose-t weights, the recipe builds hevitpose-s" in capsys.readouterr().err
     assert train_main([str(second), f"model.init_from={tmp_path / 'nowhere.pt'}"]) == 2
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_cpu_precision_sets_the_training_autocast(tmp_path, coco_root, precision, dtype):
+    cfg = write_config(tmp_path / "t.yaml", "coco", coco_root, tmp_path / "t", {"eval": {"interval": 100}})
+    runner = Trainer(load_config(cfg, [f"run.cpu_precision={precision}", "run.max_steps=2"]))
+    seen = []
+    runner.model.register_forward_hook(lambda module, args, out: seen.append(out.dtype) if module.training else None)
+    runner.fit()
+    assert seen == [dtype, dtype]
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in runner.model.parameters())

@@ -134,7 +134,11 @@ class RunConfig:
     out_dir: str = "runs/{name}"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # AMP on CUDA; CPU runs fp32
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"  # AMP on CUDA
+    # bf16 autocast on the CPU is a separate choice because whether it pays depends on the input size
+    # and the CPU: with AVX-512 BF16 / AMX, T trained faster in bf16 at 192x256 and slower at 96x128
+    # (bench/train_precision.py in BENCHMARKS.md); without bf16 in hardware it is emulated and slow.
+    cpu_precision: Literal["bf16", "fp32"] = "fp32"
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = False

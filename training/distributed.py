@@ -92,6 +92,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type == "cpu":
+        return torch.bfloat16 if cfg.run.cpu_precision == "bf16" else None
     if device.type != "cuda" or cfg.run.precision == "fp32":
         return None
     return torch.bfloat16 if cfg.run.precision == "bf16" else torch.float16

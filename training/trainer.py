@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from model import build_model
+from model.runtime import cpu_has_bf16
 from training import checkpoint as ckpt
 from training.config import TrainConfig, to_dict
 from training.data import EpochSampler, data_loader, train_dataset, val_dataset
@@ -72,6 +73,8 @@ class Trainer:
         self.iters_per_epoch = math.ceil(math.ceil(len(self.train_set) / self.dist.world) / self.batch_size)
         self.scheduler = build_scheduler(self.optimizer, self.iters_per_epoch, cfg.optim)
         self.amp_dtype = autocast_dtype(cfg, self.device)
+        if self.device.type == "cpu" and self.amp_dtype is not None and not cpu_has_bf16():
+            self.print("run.cpu_precision=bf16 on a CPU without AVX-512 BF16 or AMX: emulated, likely slower than fp32")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         self.epoch = 0  # the epoch in progress (0-based)
