@@ -116,6 +116,9 @@ class OptimConfig:
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
     grad_clip: float = 0.0  # 0 = none, as MMPose
+    # A moving average of the weights (training/ema.py), validated, checkpointed and exported in place
+    # of the last step's; 0 = off, e.g. 0.999 (an average over about the last thousand steps)
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -301,6 +304,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("data.teacher_heatmap_weight must be in [0, 1] and data.teacher_heatmap_max_offset >= 0")
     if cfg.optim.epochs <= 0:
         raise ConfigError("optim.epochs must be positive")
+    if not 0 <= cfg.optim.ema_decay < 1:
+        raise ConfigError(f"optim.ema_decay: {cfg.optim.ema_decay} must be in [0, 1) (0 = off)")
     a = cfg.augment
     if a.blur_max_kernel < 3 or a.blur_max_kernel % 2 == 0:
         raise ConfigError(f"augment.blur_max_kernel: {a.blur_max_kernel} must be odd and at least 3")

@@ -24,6 +24,7 @@ from training import checkpoint as ckpt
 from training.config import TrainConfig, to_dict
 from training.data import EpochSampler, data_loader, train_dataset, val_dataset
 from training.distributed import autocast_dtype, init_distributed, pick_device, seed_everything
+from training.ema import ModelEma
 from training.evaluation import PRIMARY_METRIC, evaluate
 from training.logger import MetricsLogger, plot_curves
 from training.predict import predict
@@ -69,6 +70,7 @@ class Trainer:
             self.print(f"network weights from {cfg.model.init_from}")
         if cfg.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = ModelEma(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.iters_per_epoch = math.ceil(math.ceil(len(self.train_set) / self.dist.world) / self.batch_size)
         self.scheduler = build_scheduler(self.optimizer, self.iters_per_epoch, cfg.optim)
@@ -97,10 +99,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The network that is validated, checkpointed as ``"model"`` and so exported."""
+        return self.ema.module if self.ema else self.model
+
     def state(self) -> dict[str, Any]:
+        # With EMA, "model" holds the average (what eval and export read) and "ema" the raw weights.
+        ema = {**self.ema.state_dict(), "raw_model": self.model.state_dict()} if self.ema else None
         return {
             "config": to_dict(self.cfg),
-            "model": self.model.state_dict(),
+            "model": self.eval_model.state_dict(),
+            "ema": ema,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -121,7 +131,14 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = ckpt.load(path, self.device)
-        self.model.load_state_dict(state["model"])
+        ema = state.get("ema")
+        self.model.load_state_dict(ema["raw_model"] if ema else state["model"])
+        if self.ema and ema:
+            self.ema.load_state_dict(state["model"], ema)
+        elif self.ema:  # optim.ema_decay set on resume: the average starts from the weights resumed
+            self.ema.module.load_state_dict(self.model.state_dict())
+        elif ema:
+            self.print(f"{path} holds a weight average; this run has optim.ema_decay=0 and goes on without it")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -149,6 +166,8 @@ class Trainer:
         checkpoint then use rank 0's, on every rank.
         """
         self.dist.broadcast_buffers(self.model)
+        if self.ema:
+            self.dist.broadcast_buffers(self.ema.module)
 
     def count_skipped(self, batch: dict, dataset) -> None:
         bad = (~batch["valid"]).nonzero().flatten().tolist()
@@ -162,7 +181,7 @@ class Trainer:
         indices = list(range(self.dist.rank, len(self.val_set), self.dist.world))
         loader = data_loader(cfg, self.val_set, indices, cfg.eval.batch_size, self.device)
         pred = predict(
-            self.model,
+            self.eval_model,
             loader,
             self.val_set.codec,
             self.keypoint_set.flip_index if cfg.eval.flip_test else None,
@@ -276,6 +295,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema:
+                self.ema.update(self.model)
             self.step += 1
             self.batch_in_epoch += 1
             progress.add(loss, inputs.shape[0] * self.dist.world)
