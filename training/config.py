@@ -117,7 +117,8 @@ class OptimConfig:
     warmup_ratio: float = 0.001
     grad_clip: float = 0.0  # 0 = none, as MMPose
     # A moving average of the weights (training/ema.py), validated, checkpointed and exported in place
-    # of the last step's; 0 = off, e.g. 0.999 (an average over about the last thousand steps)
+    # of the last step's; 0 = off. The decay ramps up as min(decay, (1 + n) / (10 + n)) over the steps n,
+    # so 0.999 (about the last thousand steps) holds from step ~9,000; before, about the last n / 9 steps
     ema_decay: float = 0.0
 
 
