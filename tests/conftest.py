@@ -24,6 +24,18 @@ def _runtime_cache(tmp_path_factory):
         os.environ["HEVITPOSE_RUNTIME_CACHE"] = previous
 
 
+@pytest.fixture
+def restore_torch_threads():
+    """The tiny training recipes set run.threads=1 (a shared 2-core box runs 1 thread far faster) and
+    some run.deterministic; the rest of the session keeps torch's own settings."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
 # ---------------------------------------------------------------------------- the service's
 # A test module that uses ``server`` or ``client`` defines a ``settings`` fixture (module scope).
 # The imports are inside the fixtures: the training tests need neither FastAPI nor uvicorn.

@@ -5,7 +5,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 from _service_util import make_bundle, noise_image, service_settings
 from _training_data import make_coco, write_config
 
@@ -22,11 +21,7 @@ CHANGED = {"sigma": 3.0, "bbox_padding": 1.4, "decode_method": "argmax"}
 BOXES = np.array([[20.0, 10.0, 70.0, 110.0], [90.0, 30.0, 150.0, 100.0]])
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()  # the tiny recipe sets run.threads=1
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 def test_a_recipe_codec_reaches_the_bundle_and_the_service(tmp_path):

@@ -7,12 +7,7 @@ from training.cli import train_main
 from training.config import ConfigError, load_config
 from training.ema import ModelEma
 
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 def test_the_average_follows_the_ramped_decay_over_float_state():
@@ -55,10 +50,8 @@ def test_the_checkpoint_holds_the_average_and_resume_continues_it_exactly(tmp_pa
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     assert a["ema"]["updates"] == b["ema"]["updates"] == 4
-    for key in ("model", "raw_model"):
-        wa = a["model"] if key == "model" else a["ema"]["raw_model"]
-        wb = b["model"] if key == "model" else b["ema"]["raw_model"]
-        assert all(torch.equal(wa[k], wb[k]) for k in wa), key
+    for wa, wb in ((a["model"], b["model"]), (a["ema"]["raw_model"], b["ema"]["raw_model"])):
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # "model" (what eval and export read) is the average, not the last step's weights
     assert not all(torch.equal(a["model"][k], a["ema"]["raw_model"][k]) for k in a["model"])
 

@@ -19,13 +19,7 @@ from training.trainer import Trainer
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    # the recipes here set run.threads=1 (a shared 2-core box runs 1 thread far faster)
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 @pytest.fixture(scope="module")

@@ -39,11 +39,14 @@ class ModelEma:
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
         own = self.module.state_dict()
-        for name, value in model.state_dict().items():
+        avg, new = [], []
+        for name, value in model.state_dict().items():  # state_dict tensors are detached already
             if value.dtype.is_floating_point:
-                own[name].lerp_(value.detach(), 1.0 - d)
+                avg.append(own[name])
+                new.append(value)
             else:  # e.g. BatchNorm's num_batches_tracked
                 own[name].copy_(value)
+        torch._foreach_lerp_(avg, new, 1.0 - d)  # one fused update, not a kernel per tensor on a GPU
         self.updates += 1
 
     def state_dict(self) -> dict[str, Any]:
