@@ -102,6 +102,7 @@ def test_broken_weights_keep_the_service_unready(tmp_path):
     service.stop()
 
 
+@pytest.mark.usefixtures("restore_logging")
 def test_serve_exits_when_the_model_fails_to_load(tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"model": "hevitpose-t", "keypoint_names": ["a"], "skeleton": [], '
                                        '"flip_pairs": [], "input_size": [64, 96]}')  # fmt: skip
