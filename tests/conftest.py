@@ -36,22 +36,6 @@ def restore_torch_threads():
     torch.use_deterministic_algorithms(deterministic)
 
 
-@pytest.fixture
-def restore_logging():
-    """`hevitpose serve` run in-process (service.logs.setup_logging) points the root logger at the test's
-    captured stderr, which pytest closes after the test: later tests' log lines would meet a closed file
-    ("--- Logging error ---"), and pytest's own log capture would have lost its handler."""
-    import logging
-
-    loggers = [logging.getLogger(name) for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access")]
-    saved = [(log.handlers[:], log.level, log.propagate, log.disabled) for log in loggers]
-    yield
-    for log, (handlers, level, propagate, disabled) in zip(loggers, saved):
-        log.handlers[:], log.propagate, log.disabled = handlers, propagate, disabled
-        log.setLevel(level)
-    logging.captureWarnings(False)
-
-
 # ---------------------------------------------------------------------------- the service's
 # A test module that uses ``server`` or ``client`` defines a ``settings`` fixture (module scope).
 # The imports are inside the fixtures: the training tests need neither FastAPI nor uvicorn.

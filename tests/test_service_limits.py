@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import httpx
@@ -100,6 +101,20 @@ def test_broken_weights_keep_the_service_unready(tmp_path):
     assert service.wait_ready(60) is False
     assert service.load_error
     service.stop()
+
+
+@pytest.fixture
+def restore_logging():
+    """`hevitpose serve` run in-process (service.logs.setup_logging) points the root logger at the test's
+    captured stderr, which pytest closes after the test: later tests' log lines would meet a closed file
+    ("--- Logging error ---"), and pytest's own log capture would have lost its handler."""
+    loggers = [logging.getLogger(name) for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access")]
+    saved = [(log.handlers[:], log.level, log.propagate, log.disabled) for log in loggers]
+    yield
+    for log, (handlers, level, propagate, disabled) in zip(loggers, saved):
+        log.handlers[:], log.propagate, log.disabled = handlers, propagate, disabled
+        log.setLevel(level)
+    logging.captureWarnings(False)
 
 
 @pytest.mark.usefixtures("restore_logging")
