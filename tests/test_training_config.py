@@ -61,6 +61,39 @@ def test_missing_config_file():
         load_config("no/such.yaml")
 
 
+def test_a_recipe_on_a_base_changes_only_what_it_names(tmp_path):
+    (tmp_path / "parent.yaml").write_text(
+        "name: parent\nmodel: {name: hevitpose-t, input_size: [96, 128]}\n"
+        "data: {train_repeat: 3, extra_train: [../a, ../b]}\noptim: {lr: 3.0e-4, epochs: 4}\n"
+    )
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\ndata: {extra_train: [../c]}\noptim: {epochs: 2}\n")
+    parent, child = load_config(tmp_path / "parent.yaml"), load_config(tmp_path / "child.yaml", ["optim.lr=1e-4"])
+    assert child.name == "child"  # never inherited
+    assert (child.model.name, child.model.input_size) == ("hevitpose-t", (96, 128))
+    assert child.data.train_repeat == 3 and child.data.extra_train == ("../c",)  # a list replaces, not appends
+    assert (child.optim.epochs, child.optim.lr, parent.optim.epochs) == (2, 1e-4, 4)
+
+
+def test_a_recipe_chain_that_loops_or_breaks_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="comes back"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(ConfigError, match="gone.yaml not found"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_the_default_stages_are_their_predecessors_with_a_few_values_changed():
+    ft6, ft8 = (
+        load_config(CONFIGS / "hevitpose_t_default_ft6.yaml"),
+        load_config(CONFIGS / "hevitpose_t_default_ft8.yaml"),
+    )
+    assert ft8.augment == ft6.augment and ft8.codec == ft6.codec and ft8.model.input_size == ft6.model.input_size
+    assert (ft8.data.train_repeat, ft8.optim.epochs, ft8.optim.ema_decay) == (5, 2, 0.999)
+    assert ft8.data.extra_train == ("../synth_photo", "../composite", "../composite_s1")
+
+
 def test_lr_schedule_is_mmcv_step_with_linear_warmup():
     o = config_from_dict({}).optim
     per_epoch = 100

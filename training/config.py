@@ -1,8 +1,9 @@
 """The training recipe: a typed dataclass tree read from YAML, with dotted overrides.
 
 ``load_config("configs/hevitpose_b_coco.yaml", ["optim.lr=5e-4", "run.precision=fp32"])``
-reads the file, applies each ``key=value`` (typed by the dataclass field it names) and
-checks the result; an unknown key or a value of the wrong type is an error naming it.
+reads the file (on top of the recipe its ``base:`` names, if any), applies each ``key=value``
+(typed by the dataclass field it names) and checks the result; an unknown key or a value of the
+wrong type is an error naming it.
 """
 
 from __future__ import annotations
@@ -343,11 +344,41 @@ def codec_from_config(cfg: TrainConfig) -> HeatmapCodec:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_recipe(path)
     raw.setdefault("name", path.stem)
     return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe's YAML mapping, on top of the one its ``base:`` names (a path relative to it), if any.
+
+    A stage of a fine-tuning chain is its predecessor with a few values changed; ``base`` says so
+    instead of copying the whole file. Sections merge key by key; any other value (lists included)
+    replaces the base's; ``name`` is never inherited.
+    """
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path}: its base chain comes back to it")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} is not a mapping")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: base must be a file name, not {base!r}")
+    inherited = read_recipe(path.parent / base, (*seen, path.resolve()))
+    inherited.pop("name", None)
+    return _merge(inherited, raw)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
