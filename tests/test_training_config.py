@@ -1,11 +1,11 @@
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import pytest
 
-from training.config import ConfigError, config_from_dict, load_config
+from model.bundle import load_meta
+from training.config import ConfigError, codec_from_config, config_from_dict, load_config
 from training.schedule import lr_factor
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -101,13 +101,8 @@ def test_the_default_stages_are_their_predecessors_with_a_few_values_changed():
 
 
 def test_the_shipped_bundle_decodes_with_the_codec_its_recipe_trained():
-    codec = json.loads((CONFIGS.parent / "weights" / "hevitpose-t-default.json").read_text())["codec"]
-    ft9 = load_config(CONFIGS / "hevitpose_t_default_ft9.yaml")
-    assert (codec["sigma"], codec["blur_kernel"], codec["input_size"]) == (
-        ft9.codec.sigma,
-        ft9.codec.blur_kernel,
-        list(ft9.model.input_size),
-    )
+    meta = load_meta(CONFIGS.parent / "weights" / "hevitpose-t-default.json")
+    assert meta.codec == codec_from_config(load_config(CONFIGS / "hevitpose_t_default_ft9.yaml"))
 
 
 def test_lr_schedule_is_mmcv_step_with_linear_warmup():
