@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("training.cli", "train_main", "train a model from a YAML recipe"),
     "eval": ("training.cli", "eval_main", "evaluate a checkpoint"),
     "export": ("training.cli", "export_main", "write a serving bundle and an ONNX file"),
+    "average": ("training.average", "main", "average fine-tunes' weights into one checkpoint (a model soup)"),
     "synth": ("training.synth.cli", "main", "render a synthetic COCO-format people dataset"),
     "label": ("training.label", "main", "label images and videos with teacher models (COCO keypoints)"),
     "occluders": ("training.occluders", "main", "cut labelled people out with a teacher's mask (training occluders)"),

@@ -131,6 +131,11 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = ckpt.load(path, self.device)
+        if "optimizer" not in state:
+            raise ValueError(
+                f"--resume: {path} holds network weights only (hevitpose average); "
+                f"fine-tune from it with model.init_from={path} and another run.out_dir"
+            )
         ema = state.get("ema")
         self.model.load_state_dict(ema["raw_model"] if ema else state["model"])
         if self.ema and ema:
