@@ -71,6 +71,20 @@ def test_train_writes_checkpoints_logs_curves_and_exports(tmp_path, coco_root, c
     captured = capsys.readouterr()
     assert "model.input_size=[64,64] codec.bbox_padding=1.25" in captured.err
     assert json.loads(captured.out.strip().splitlines()[-1])["metrics"] == bundle_report["metrics"]
+    # and decodes with the bundle's DARK blur (as the service does), unless the command line picks one
+    blur9 = tmp_path / "blur9"
+    blur9.mkdir()
+    (blur9 / "tiny.safetensors").write_bytes((bundle_dir / "tiny.safetensors").read_bytes())
+    meta_json = json.loads((bundle_dir / "tiny.json").read_text())
+    meta_json["codec"]["blur_kernel"] = 9
+    (blur9 / "tiny.json").write_text(json.dumps(meta_json))
+    assert eval_main([str(cfg), str(blur9 / "tiny.json"), "--no-flip-test"]) == 0
+    captured = capsys.readouterr()
+    assert "codec.blur_kernel=9" in captured.err and bundle_report["blur_kernel"] == 11
+    assert json.loads(captured.out.strip().splitlines()[-1])["blur_kernel"] == 9
+    assert eval_main([str(cfg), str(blur9 / "tiny.json"), "--no-flip-test", "codec.blur_kernel=5"]) == 0
+    captured = capsys.readouterr()
+    assert "blur_kernel" not in captured.err and json.loads(captured.out.strip().splitlines()[-1])["blur_kernel"] == 5
 
 
 def test_resume_continues_exactly(tmp_path, coco_root):

@@ -108,6 +108,7 @@ def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, 
             "num_keypoints": meta.num_keypoints,
             "input_size": list(meta.codec.input_size),
             "bbox_padding": meta.codec.bbox_padding,
+            "blur_kernel": meta.codec.blur_kernel,
         }
     state = load(path)
     cfg = state["config"]
@@ -124,4 +125,5 @@ def load_checkpoint_model(path: str | Path) -> tuple[torch.nn.Module, dict[str, 
         "step": state.get("step"),
         "input_size": list(cfg["model"]["input_size"]),
         "bbox_padding": cfg.get("codec", {}).get("bbox_padding"),
+        "blur_kernel": cfg.get("codec", {}).get("blur_kernel"),
     }

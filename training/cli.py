@@ -69,8 +69,13 @@ def train_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- eval
 
 
-def _crop_as_trained(cfg: TrainConfig, info: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
-    """The recipe with the checkpoint's input size and box padding, and what changed (empty where they agree)."""
+def _codec_as_trained(cfg: TrainConfig, info: dict[str, Any], overrides: list[str]) -> tuple[TrainConfig, list[str]]:
+    """The recipe with the checkpoint's crop (input size, box padding) and DARK blur, and what changed.
+
+    The crop always follows the checkpoint. The blur follows it unless ``overrides`` set
+    ``codec.blur_kernel``: the blur is matched to the trained target's width, but trying another
+    one is a decoding experiment worth allowing.
+    """
     model, codec, changed = cfg.model, cfg.codec, []
     if info.get("input_size") and tuple(info["input_size"]) != tuple(model.input_size):
         model = replace(model, input_size=tuple(info["input_size"]))
@@ -78,6 +83,10 @@ def _crop_as_trained(cfg: TrainConfig, info: dict[str, Any]) -> tuple[TrainConfi
     if info.get("bbox_padding") is not None and float(info["bbox_padding"]) != float(codec.bbox_padding):
         codec = replace(codec, bbox_padding=float(info["bbox_padding"]))
         changed.append(f"codec.bbox_padding={codec.bbox_padding}")
+    blur_set = any(o.split("=", 1)[0].strip() == "codec.blur_kernel" for o in overrides)
+    if info.get("blur_kernel") is not None and int(info["blur_kernel"]) != codec.blur_kernel and not blur_set:
+        codec = replace(codec, blur_kernel=int(info["blur_kernel"]))
+        changed.append(f"codec.blur_kernel={codec.blur_kernel}")
     return replace(cfg, model=model, codec=codec), changed
 
 
@@ -113,10 +122,11 @@ def eval_main(argv: list[str]) -> int:
         model, info = load_checkpoint_model(args.checkpoint)
         cfg = load_config(args.config, overrides)
         # A network scored on crops of another size or padding than it was trained on scores low for
-        # no fault of its own: crop as the checkpoint's codec says, whatever the recipe's.
-        cfg, changed = _crop_as_trained(cfg, info)
+        # no fault of its own, and the service decodes with the bundle's blur: crop and decode as the
+        # checkpoint's codec says, whatever the recipe's.
+        cfg, changed = _codec_as_trained(cfg, info, overrides)
         if changed:
-            print(f"hevitpose eval: cropping as the checkpoint was trained: {' '.join(changed)}", file=sys.stderr)
+            print(f"hevitpose eval: as the checkpoint was trained: {' '.join(changed)}", file=sys.stderr)
         dataset = val_dataset(cfg)
     except (ConfigError, DatasetError, FileNotFoundError) as exc:
         return _fail("eval", str(exc))
@@ -141,6 +151,7 @@ def eval_main(argv: list[str]) -> int:
     metrics = evaluate(cfg, dataset, pred)
     skipped = int((~pred["valid"]).sum())
     report = {"checkpoint": str(args.checkpoint), "flip_test": cfg.eval.flip_test, "decode": cfg.codec.decode_method,
+              "blur_kernel": cfg.codec.blur_kernel,
               "people": len(dataset), "skipped_unreadable": skipped, "metrics": metrics}  # fmt: skip
     if skipped:
         print(f"hevitpose eval: {skipped} people skipped: their image could not be read", file=sys.stderr)
