@@ -51,6 +51,7 @@ def test_overrides_are_typed_by_the_dataclass(tmp_path):
         (["model.name=resnet"], "model.name"),
         (["model.input_size=[100,64]"], "multiples of 32"),
         (["optim.lr"], "key=value"),
+        (["data.keypoint_weights=[1,-1]"], "data.keypoint_weights"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

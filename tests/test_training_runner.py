@@ -256,3 +256,21 @@ def test_cpu_precision_sets_the_training_autocast(tmp_path, coco_root, precision
     runner.fit()
     assert seen == [dtype, dtype]
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in runner.model.parameters())
+
+
+def test_keypoint_weights_scale_each_joints_loss(tmp_path, coco_root):
+    def first_loss(name, *overrides):
+        cfg = write_config(tmp_path / f"{name}.yaml", "coco", coco_root, tmp_path / name, {"eval": {"interval": 100}})
+        runner = Trainer(load_config(cfg, ["run.max_steps=1", "run.log_interval=1", "data.workers=0", *overrides]))
+        runner.fit()
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return next(r["loss"] for r in records if r["kind"] == "train")
+
+    plain = first_loss("plain")
+    # the weight multiplies prediction and target, as MMPose's target weights do: twice the weight, 4x the loss
+    assert first_loss("double", f"data.keypoint_weights=[{','.join(['2'] * 17)}]") == pytest.approx(4 * plain, rel=1e-4)
+    face = first_loss("face", f"data.keypoint_weights=[{','.join(['1'] * 5 + ['0'] * 12)}]")
+    assert 0 < face < plain
+    with pytest.raises(ValueError, match="3 values for the 17 keypoints"):
+        Trainer(load_config(write_config(tmp_path / "bad.yaml", "coco", coco_root, tmp_path / "bad"),
+                            ["data.keypoint_weights=[1,1,1]"]))  # fmt: skip

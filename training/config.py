@@ -49,6 +49,9 @@ class DataConfig:
     # COCO only: weight each joint's loss by its teacher confidence where the annotations carry
     # one (``keypoint_scores``, written by ``hevitpose label``).
     keypoint_score_weights: bool = True
+    # Per-joint loss weights, one per keypoint, multiplied into every target weight (MMPose's dataset
+    # keypoint weights with ``use_dataset_keypoint_weights``); () = all 1.
+    keypoint_weights: tuple[float, ...] = ()
     # Mixed training: more COCO-format training sets, each a folder in the layout of ``hevitpose
     # synth`` / ``hevitpose label`` (annotations/person_keypoints_train.json, images/train/),
     # relative to ``root`` or absolute, with how many times each is repeated per epoch.
@@ -304,6 +307,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("data.teacher_heatmaps: COCO-format sets only")
     if not 0 <= d.teacher_heatmap_weight <= 1 or d.teacher_heatmap_max_offset < 0:
         raise ConfigError("data.teacher_heatmap_weight must be in [0, 1] and data.teacher_heatmap_max_offset >= 0")
+    if any(w < 0 for w in d.keypoint_weights):
+        raise ConfigError(f"data.keypoint_weights: {list(d.keypoint_weights)} must not be negative")
     if cfg.optim.epochs <= 0:
         raise ConfigError("optim.epochs must be positive")
     if not 0 <= cfg.optim.ema_decay < 1:
