@@ -86,7 +86,14 @@ def train_dataset(cfg: TrainConfig) -> TopDownDataset:
         None if heatmaps is None else TeacherBlend(heatmaps, d.teacher_heatmap_weight, d.teacher_heatmap_max_offset)
     )
     return TopDownDataset(
-        instances, codec_from_config(cfg), aug, train=True, seed=cfg.run.seed, occluders=occluders, teacher=teacher
+        instances,
+        codec_from_config(cfg),
+        aug,
+        train=True,
+        seed=cfg.run.seed,
+        occluders=occluders,
+        teacher=teacher,
+        keypoint_weights=d.keypoint_weights,
     )
 
 

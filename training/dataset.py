@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from model.codec import HeatmapCodec, apply_affine, get_warp_matrix, invert_affine, normalize, warp_crop
 from training.annotations import Instances
 from training.appearance import augment_appearance
-from training.config import AugmentConfig
+from training.config import AugmentConfig, ConfigError
 from training.distill import TeacherBlend
 from training.occluders import OccluderBank, occlude
 from training.transforms import Crop, compose, flip_matrix, random_crop
@@ -41,7 +41,16 @@ class TopDownDataset(Dataset):
         seed: int = 0,
         occluders: OccluderBank | None = None,
         teacher: TeacherBlend | None = None,
+        keypoint_weights: tuple[float, ...] = (),
     ):
+        k = instances.keypoint_set.num_keypoints
+        if keypoint_weights and len(keypoint_weights) != k:
+            raise ConfigError(
+                f"data.keypoint_weights: {len(keypoint_weights)} values for the {k} keypoints of "
+                f"{instances.keypoint_set.name}"
+            )
+        # per output channel, so applied to the encoded weights, after any flip has swapped the joints
+        self.keypoint_weights = torch.tensor(keypoint_weights, dtype=torch.float32) if keypoint_weights else None
         self.instances = instances
         self.occluders = occluders
         self.teacher = teacher
@@ -109,6 +118,8 @@ class TopDownDataset(Dataset):
             target, weight = codec.encode(
                 torch.from_numpy(kps_input).float(), torch.from_numpy(np.asarray(visible)).float() * valid
             )
+            if self.keypoint_weights is not None:
+                weight = weight * self.keypoint_weights
             row = int(inst.teacher_rows[index])
             if self.teacher is not None and row >= 0 and valid:
                 stride = codec.heatmap_stride

@@ -19,10 +19,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from model import build_model
-from model.keypoints import KeypointSet
 from model.runtime import cpu_has_bf16
 from training import checkpoint as ckpt
-from training.config import ConfigError, TrainConfig, to_dict
+from training.config import TrainConfig, to_dict
 from training.data import EpochSampler, data_loader, train_dataset, val_dataset
 from training.distributed import autocast_dtype, init_distributed, pick_device, seed_everything
 from training.ema import ModelEma
@@ -63,7 +62,6 @@ class Trainer:
         self.train_set = train_dataset(cfg)
         self.val_set = val_dataset(cfg)
         self.keypoint_set = self.train_set.instances.keypoint_set
-        self.keypoint_weights = self.joint_weights(cfg.data.keypoint_weights, self.keypoint_set)
         self.metric = PRIMARY_METRIC[cfg.data.dataset]
 
         self.model = build_model(cfg.model.name, self.keypoint_set.num_keypoints).to(self.device)
@@ -175,16 +173,6 @@ class Trainer:
         self.dist.broadcast_buffers(self.model)
         if self.ema:
             self.dist.broadcast_buffers(self.ema.module)
-
-    def joint_weights(self, weights: tuple[float, ...], kset: KeypointSet) -> torch.Tensor | None:
-        """``data.keypoint_weights`` as a (1, K) tensor on the device, or None where it is unset."""
-        if not weights:
-            return None
-        if len(weights) != kset.num_keypoints:
-            raise ConfigError(
-                f"data.keypoint_weights: {len(weights)} values for the {kset.num_keypoints} keypoints of {kset.name}"
-            )
-        return torch.tensor(weights, dtype=torch.float32, device=self.device)[None]
 
     def count_skipped(self, batch: dict, dataset) -> None:
         bad = (~batch["valid"]).nonzero().flatten().tolist()
@@ -298,8 +286,6 @@ class Trainer:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             target = batch["target"].to(self.device, non_blocking=True)
             weight = batch["target_weight"].to(self.device, non_blocking=True)
-            if self.keypoint_weights is not None:
-                weight = weight * self.keypoint_weights
             if not bool(batch["valid"].all()):
                 self.count_skipped(batch, self.train_set)
             with amp:
