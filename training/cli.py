@@ -69,13 +69,18 @@ def train_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------- eval
 
 
-def _codec_as_trained(cfg: TrainConfig, info: dict[str, Any], overrides: list[str]) -> tuple[TrainConfig, list[str]]:
+def _codec_as_trained(config: str, overrides: list[str], info: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
     """The recipe with the checkpoint's crop (input size, box padding) and DARK blur, and what changed.
 
-    The crop always follows the checkpoint. The blur follows it unless ``overrides`` set
-    ``codec.blur_kernel``: the blur is matched to the trained target's width, but trying another
-    one is a decoding experiment worth allowing.
+    The crop always follows the checkpoint. The blur goes in beneath the command line's overrides, so
+    ``codec.blur_kernel=K`` still picks another: the blur is matched to the trained target's width, but
+    trying another one is a decoding experiment worth allowing.
     """
+    from training.config import load_config
+
+    recipe = load_config(config, overrides)
+    trained_blur = [f"codec.blur_kernel={info['blur_kernel']}"] if info.get("blur_kernel") is not None else []
+    cfg = load_config(config, [*trained_blur, *overrides])
     model, codec, changed = cfg.model, cfg.codec, []
     if info.get("input_size") and tuple(info["input_size"]) != tuple(model.input_size):
         model = replace(model, input_size=tuple(info["input_size"]))
@@ -83,9 +88,7 @@ def _codec_as_trained(cfg: TrainConfig, info: dict[str, Any], overrides: list[st
     if info.get("bbox_padding") is not None and float(info["bbox_padding"]) != float(codec.bbox_padding):
         codec = replace(codec, bbox_padding=float(info["bbox_padding"]))
         changed.append(f"codec.bbox_padding={codec.bbox_padding}")
-    blur_set = any(o.split("=", 1)[0].strip() == "codec.blur_kernel" for o in overrides)
-    if info.get("blur_kernel") is not None and int(info["blur_kernel"]) != codec.blur_kernel and not blur_set:
-        codec = replace(codec, blur_kernel=int(info["blur_kernel"]))
+    if codec.blur_kernel != recipe.codec.blur_kernel:
         changed.append(f"codec.blur_kernel={codec.blur_kernel}")
     return replace(cfg, model=model, codec=codec), changed
 
@@ -107,7 +110,7 @@ def eval_main(argv: list[str]) -> int:
     args = parser.parse_intermixed_args(argv)
 
     from training.annotations import DatasetError
-    from training.config import ConfigError, load_config
+    from training.config import ConfigError
     from training.data import val_dataset
     from training.distributed import autocast_dtype, pick_device
     from training.evaluation import evaluate
@@ -120,11 +123,10 @@ def eval_main(argv: list[str]) -> int:
         overrides.append(f"codec.decode_method={args.decode}")
     try:
         model, info = load_checkpoint_model(args.checkpoint)
-        cfg = load_config(args.config, overrides)
         # A network scored on crops of another size or padding than it was trained on scores low for
         # no fault of its own, and the service decodes with the bundle's blur: crop and decode as the
         # checkpoint's codec says, whatever the recipe's.
-        cfg, changed = _codec_as_trained(cfg, info, overrides)
+        cfg, changed = _codec_as_trained(args.config, overrides, info)
         if changed:
             print(f"hevitpose eval: as the checkpoint was trained: {' '.join(changed)}", file=sys.stderr)
         dataset = val_dataset(cfg)
