@@ -262,3 +262,30 @@ def test_other_people_keep_apart_and_in_frame() -> None:
     assert not _fits(np.array([0.1, 5.0]), main, camera, 30.0, 0.0)  # 2 px across: too close
     assert _fits(np.array([2.0, 5.0]), main, camera, 30.0, 0.0)  # 40 px across
     assert not _fits(np.array([2.0, 5.0]), main, camera, 30.0, 35.0)  # 40 px off the centre
+
+
+def test_activities_replace_the_presets_weights_and_reach_the_renders(tmp_path: Path) -> None:
+    from training.synth.cli import activity_weights
+    from training.synth.poses import ACTIVITIES
+    from training.synth.scene import PRESETS
+
+    photo = dict(zip(ACTIVITIES, PRESETS["photo"]["activity_weights"]))
+    weights = dict(zip(ACTIVITIES, activity_weights("crouch=0.2, lie=0", "photo")))
+    assert weights == {**photo, "crouch": 0.2, "lie": 0.0}
+    for bad in ("jump=1", "lie", "lie=-1", "lie=nan", ",".join(f"{a}=0" for a in ACTIVITIES)):
+        with pytest.raises(ValueError, match="activit"):
+            activity_weights(bad, "photo")
+    assert hevitpose(["synth", str(tmp_path / "bad"), "--num", "1", "--activities", "jump=1"]) == 2
+    assert not (tmp_path / "bad").exists()
+
+    # Everyone lying down, then everyone standing: the option reaches the scenes, and the boxes of the
+    # same cameras and bodies come out far wider.
+    aspects = {}
+    for activity in ("lie", "stand"):
+        only = ",".join(f"{a}={int(a == activity)}" for a in ACTIVITIES)
+        args = ["synth", str(tmp_path / activity), "--num", "4", "--seed", "1", "--width", "128", "--height", "128"]
+        assert hevitpose(args + ["--max-people", "1", "--val-fraction", "0", "--activities", only]) == 0
+        train = _load(tmp_path / activity, "train")
+        assert train["info"]["settings"]["scene"]["activity_weights"] == [float(a == activity) for a in ACTIVITIES]
+        aspects[activity] = np.mean([w / h for _, _, w, h in (a["bbox"] for a in train["annotations"])])
+    assert aspects["lie"] > 2 * aspects["stand"], aspects

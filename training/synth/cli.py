@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .generate import SynthConfig, generate
+from .poses import ACTIVITIES, ACTIVITY_WEIGHTS
 from .scene import PRESETS, scene_settings
 
 
@@ -41,7 +42,32 @@ def build_parser() -> argparse.ArgumentParser:
         "photographs as backgrounds, daylight; hard: any camera height and roll, tiny to cut-off "
         "people, occluders, procedural backgrounds (see docs/synth.md)",
     )
+    p.add_argument(
+        "--activities",
+        default="",
+        metavar="NAME=W,...",
+        help="weights of the named activities in place of the preset's, e.g. crouch=0.2,lie=0.1; the others "
+        f"keep the preset's, and all are normalised ({', '.join(ACTIVITIES)})",
+    )
     return p
+
+
+def activity_weights(spec: str, preset: str) -> tuple[float, ...]:
+    """The preset's activity weights with those named in ``spec`` ("name=w,...") replaced."""
+    weights = dict(zip(ACTIVITIES, PRESETS[preset].get("activity_weights") or ACTIVITY_WEIGHTS))
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, value = item.partition("=")
+        if name not in weights:
+            raise ValueError(f"unknown activity {name!r} in --activities; choose from {', '.join(ACTIVITIES)}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--activities needs NAME=WEIGHT, got {item!r}") from None
+        if not weights[name] >= 0:
+            raise ValueError(f"--activities weights must be at least 0, got {item!r}")
+    if sum(weights.values()) <= 0:
+        raise ValueError("--activities leaves every activity at weight 0")
+    return tuple(weights.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         errors.append("--max-people must be at least 1")
     if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
         errors.append(f"{args.out_dir} exists and is not a directory")
+    overrides = {}
+    if args.activities:
+        try:
+            overrides["activity_weights"] = activity_weights(args.activities, args.preset)
+        except ValueError as exc:
+            errors.append(str(exc))
     if errors:
         for e in errors:
             print(f"hevitpose synth: {e}", file=sys.stderr)
@@ -72,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         start=args.start,
         workers=args.workers,
         val_fraction=args.val_fraction,
-        scene=scene_settings(args.preset, width=args.width, height=args.height, max_people=args.max_people),
+        scene=scene_settings(
+            args.preset, width=args.width, height=args.height, max_people=args.max_people, **overrides
+        ),
     )
     try:
         summary = generate(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))
