@@ -272,7 +272,7 @@ def test_activities_replace_the_presets_weights_and_reach_the_renders(tmp_path: 
     photo = dict(zip(ACTIVITIES, PRESETS["photo"]["activity_weights"]))
     weights = dict(zip(ACTIVITIES, activity_weights("crouch=0.2, lie=0", "photo")))
     assert weights == {**photo, "crouch": 0.2, "lie": 0.0}
-    for bad in ("jump=1", "lie", "lie=-1", "lie=nan", ",".join(f"{a}=0" for a in ACTIVITIES)):
+    for bad in ("jump=1", "lie", "lie=-1", "lie=nan", "lie=inf", ",".join(f"{a}=0" for a in ACTIVITIES)):
         with pytest.raises(ValueError, match="activit"):
             activity_weights(bad, "photo")
     assert hevitpose(["synth", str(tmp_path / "bad"), "--num", "1", "--activities", "jump=1"]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -63,8 +64,8 @@ def activity_weights(spec: str, preset: str) -> tuple[float, ...]:
             weights[name] = float(value)
         except ValueError:
             raise ValueError(f"--activities needs NAME=WEIGHT, got {item!r}") from None
-        if not weights[name] >= 0:
-            raise ValueError(f"--activities weights must be at least 0, got {item!r}")
+        if not (math.isfinite(weights[name]) and weights[name] >= 0):
+            raise ValueError(f"--activities weights must be finite and at least 0, got {item!r}")
     if sum(weights.values()) <= 0:
         raise ValueError("--activities leaves every activity at weight 0")
     return tuple(weights.values())
