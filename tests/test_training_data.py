@@ -8,8 +8,9 @@ from _training_data import make_coco, make_mpii
 from model.codec import IMAGENET_MEAN, IMAGENET_STD, decode_heatmaps
 from model.keypoints import COCO17
 from training.annotations import DatasetError, load_coco, load_mpii
-from training.config import config_from_dict
+from training.config import AugmentConfig, config_from_dict
 from training.data import train_dataset, val_dataset
+from training.transforms import frame_cut
 
 
 def _cfg(root, dataset="coco", input_size=(64, 64), augment=None, **data):
@@ -87,11 +88,14 @@ def test_coco_detections_are_filtered_by_category_and_score(tmp_path):
     np.testing.assert_allclose(inst.scales[0], [60 * 1.25, 80 * 1.25])  # widened to 3:4, padded
 
 
-def _rgb_at(sample, x, y):
+def _rgb_at_all(sample):
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
-    pixels = sample["input"] * std + mean
-    return pixels[:, int(round(y)), int(round(x))].numpy()
+    return (sample["input"] * std + mean).numpy()
+
+
+def _rgb_at(sample, x, y):
+    return _rgb_at_all(sample)[:, int(round(y)), int(round(x))]
 
 
 def _joint_rgb(j):
@@ -128,6 +132,43 @@ def test_augmented_crops_agree_with_their_targets(tmp_path):
                 checked += 1
     assert flips == {True, False}
     assert checked > 100
+
+
+def test_frame_cut_ends_the_box_at_the_edge_and_unlabels_the_joints_beyond():
+    bbox = np.array([10.0, 20.0, 50.0, 120.0])
+    keypoints = np.stack([np.full(17, 30.0), np.linspace(25, 115, 17)], axis=1)
+    aug = AugmentConfig(truncate_keep=(0.5, 0.5), truncate_sides=(1, 0, 0))
+    cut, box, visible = frame_cut(bbox, keypoints, np.ones(17), aug, np.random.default_rng(0))
+    np.testing.assert_allclose(box, [10, 20, 50, 70])  # the bottom edge halfway down the box
+    np.testing.assert_array_equal(visible, keypoints[:, 1] <= 70)
+    aug = AugmentConfig(truncate_keep=(0.25, 0.25), truncate_sides=(0, 0, 1), truncate_min_joints=3)
+    assert frame_cut(bbox, keypoints, np.ones(17), aug, np.random.default_rng(0)) is None  # every joint at x 30 > 20
+    assert frame_cut(np.full(4, np.nan), keypoints, np.ones(17), aug, np.random.default_rng(0)) is None  # MPII
+
+
+def test_framed_crops_are_black_beyond_the_edge_and_keep_their_labelled_joints_in_the_picture(tmp_path):
+    """Photos cut people at the picture's edge; the cut crops must look like that (black beyond the
+    edge, as the warp fills outside an image) and label only the joints on this side of it."""
+    root = make_coco(tmp_path / "coco", n_train=6, n_val=1, size=160)
+    counts = {}
+    for prob in (0.0, 1.0):
+        train = train_dataset(_cfg(root, input_size=(128, 128), augment={"truncate_prob": prob}))
+        labelled, black = 0, 0
+        for epoch in range(4):
+            train.set_epoch(epoch)
+            for i in range(len(train)):
+                s = train[i]
+                kps, _ = decode_heatmaps(s["target"][None], "argmax")
+                picture = _rgb_at_all(s).max(0) > 10
+                for j in np.flatnonzero(s["target_weight"].numpy()):
+                    x, y = (kps[0, j] * 4 + 2).int().tolist()  # the heatmap pixel's centre in the input
+                    # a joint on the edge itself is labelled: the peak, a heatmap pixel, may lie across it
+                    assert picture[max(0, y - 3) : y + 4, max(0, x - 3) : x + 4].any(), (prob, epoch, i, j)
+                labelled += int((s["target_weight"] > 0).sum())
+                black += int((~picture).sum())
+        counts[prob] = labelled, black
+    assert counts[1.0][0] < 0.85 * counts[0.0][0]
+    assert counts[1.0][1] > 1.2 * counts[0.0][1]  # less of the image is in view, yet more is black
 
 
 def test_samples_are_reproducible_per_epoch_and_index(tmp_path):

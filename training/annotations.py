@@ -41,6 +41,9 @@ class Instances:
     ann_ids: np.ndarray | None = None  # (N,) COCO annotation id; -1 where there is none (MPII, detections)
     # (N,) row of the person's teacher heatmaps in the run's training.distill.TeacherHeatmaps; -1 none
     teacher_rows: np.ndarray | None = None
+    # (N, 4) x1 y1 x2 y2 image pixels, the person's own box before padding; NaN where the source has none
+    # (MPII gives only a padded center and scale)
+    bboxes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.image_paths)
@@ -48,6 +51,8 @@ class Instances:
             self.ann_ids = np.full(n, -1, dtype=np.int64)
         if self.teacher_rows is None:
             self.teacher_rows = np.full(n, -1, dtype=np.int64)
+        if self.bboxes is None:
+            self.bboxes = np.full((n, 4), np.nan)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -66,6 +71,7 @@ class Instances:
             self.meta if meta is None else meta,
             self.ann_ids[rows],
             self.teacher_rows[rows],
+            self.bboxes[rows],
         )
 
 
@@ -87,11 +93,6 @@ def _clean_bbox(bbox: list[float], width: float, height: float) -> list[float] |
     if x2 > x1 and y2 > y1:
         return [x1, y1, x2 - x1, y2 - y1]
     return None
-
-
-def _xywh_to_center_scale(boxes: np.ndarray, aspect_ratio: float, padding: float):
-    xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:4]], axis=1) if len(boxes) else np.zeros((0, 4))
-    return bbox_to_center_scale(xyxy, aspect_ratio, padding)
 
 
 def load_coco(
@@ -164,7 +165,9 @@ def load_coco(
                 vis.append(weight)
                 scores.append(1.0)
                 ann_ids.append(ann.get("id", -1))
-    centers, scales = _xywh_to_center_scale(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), aspect_ratio, padding)
+    xywh = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    centers, scales = bbox_to_center_scale(xyxy, aspect_ratio, padding)
     return Instances(
         image_paths=paths,
         image_ids=np.asarray(ids, dtype=np.int64),
@@ -176,6 +179,7 @@ def load_coco(
         keypoint_set=kset,
         meta={"ann_file": str(ann_file)},
         ann_ids=np.asarray(ann_ids, dtype=np.int64),
+        bboxes=xyxy,
     )
 
 
@@ -248,6 +252,7 @@ def concat_instances(parts: list[Instances]) -> Instances:
         meta={"parts": [p.meta for p in parts]},
         ann_ids=np.concatenate([p.ann_ids for p in parts]),
         teacher_rows=np.concatenate([p.teacher_rows for p in parts]),
+        bboxes=np.concatenate([p.bboxes for p in parts]),
     )
 
 

@@ -81,6 +81,12 @@ class AugmentConfig:
     rotation_prob: float = 0.6
     center_shift_prob: float = 0.0
     center_shift_factor: float = 0.16
+    # A simulated image edge through the person (training/transforms.py frame_cut), as photos frame people:
+    # portraits, half-length, knee-up, someone at the side; 0 = off
+    truncate_prob: float = 0.0
+    truncate_keep: tuple[float, float] = (0.25, 0.8)  # share of the box kept, along the cut's axis
+    truncate_sides: tuple[float, float, float] = (0.7, 0.15, 0.15)  # weights of the bottom, left, right edge
+    truncate_min_joints: int = 3  # labelled joints that must remain, or the person is left whole
     # Appearance of the crop (training/appearance.py, RTMPose's values in its comments); 0 = off.
     hsv_prob: float = 0.0
     hsv_delta: tuple[int, int, int] = (5, 30, 30)  # hue, saturation, value in OpenCV's 8-bit HSV
@@ -318,6 +324,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"augment.blur_max_kernel: {a.blur_max_kernel} must be odd and at least 3")
     if not 0 < a.dropout_size[0] <= a.dropout_size[1] <= 1:
         raise ConfigError(f"augment.dropout_size: {list(a.dropout_size)} must be 0 < min <= max <= 1")
+    if not 0 < a.truncate_keep[0] <= a.truncate_keep[1] < 1:
+        raise ConfigError(f"augment.truncate_keep: {list(a.truncate_keep)} must be 0 < min <= max < 1")
+    if min(a.truncate_sides) < 0 or not sum(a.truncate_sides) > 0:
+        raise ConfigError(f"augment.truncate_sides: {list(a.truncate_sides)} must be weights >= 0, not all 0")
     if a.occluder_prob > 0 and not a.occluder_dir:
         raise ConfigError("augment.occluder_prob > 0 needs augment.occluder_dir")
     if not 0 < a.occluder_size[0] <= a.occluder_size[1]:

@@ -20,7 +20,7 @@ from training.appearance import augment_appearance
 from training.config import AugmentConfig, ConfigError
 from training.distill import TeacherBlend
 from training.occluders import OccluderBank, occlude
-from training.transforms import Crop, compose, flip_matrix, random_crop
+from training.transforms import Crop, blank_beyond, compose, flip_matrix, frame_cut, random_crop
 
 
 class TopDownDataset(Dataset):
@@ -87,8 +87,15 @@ class TopDownDataset(Dataset):
         center, scale = inst.centers[index], inst.scales[index]
         valid = image is not None
         image_width = image.shape[1] if valid else 1
+        cut = None
         if self.train:
             rng = np.random.default_rng([self.seed, epoch, index])
+            aug = self.augment
+            if aug.truncate_prob > 0 and rng.random() < aug.truncate_prob:
+                framed = frame_cut(inst.bboxes[index], keypoints, visible, aug, rng)
+                if framed is not None:
+                    cut, bbox, visible = framed
+                    center, scale = (v[0] for v in codec.bbox_to_center_scale(bbox[None]))
             crop, keypoints, visible = random_crop(
                 center, scale, keypoints, visible, image_width, self.flip_index, codec.aspect_ratio, self.augment, rng
             )
@@ -99,8 +106,10 @@ class TopDownDataset(Dataset):
         matrix = compose(warp, flip_matrix(image_width)) if crop.flip else warp
         if valid:
             pixels = cv2.cvtColor(warp_crop(image, matrix, (w, h)), cv2.COLOR_BGR2RGB)
+            if cut is not None:
+                # ``matrix``: the cut is in the unmirrored image, where the pixels come from
+                pixels = blank_beyond(pixels, invert_affine(matrix), cut)
             if self.train:
-                aug = self.augment
                 if self.occluders is not None and aug.occluder_prob > 0 and rng.random() < aug.occluder_prob:
                     pixels = occlude(pixels, self.occluders, aug.occluder_size, rng)
                 pixels = augment_appearance(pixels, aug, rng)

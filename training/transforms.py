@@ -1,8 +1,9 @@
 """Training augmentation: which crop of the image a sample is (center, scale, rotation, flip).
 
 It follows MMPose 0.29's train pipeline, in its order: random center shift (COCO), random
-flip, half-body (COCO), random scale and rotation. The crop itself, normalisation and the
-targets are :class:`training.dataset.TopDownDataset`'s.
+flip, half-body (COCO), random scale and rotation; before them, optionally, a simulated image
+edge (:func:`frame_cut`). The crop itself, normalisation and the targets are
+:class:`training.dataset.TopDownDataset`'s.
 """
 
 from __future__ import annotations
@@ -20,6 +21,58 @@ class Crop:
     scale: np.ndarray
     rotation: float
     flip: bool
+
+
+@dataclass
+class Cut:
+    """A simulated image edge: the picture ends where ``point @ normal > offset`` (image pixels)."""
+
+    normal: np.ndarray
+    offset: float
+
+
+def frame_cut(
+    bbox: np.ndarray, keypoints: np.ndarray, visible: np.ndarray, aug: AugmentConfig, rng: np.random.Generator
+) -> tuple[Cut, np.ndarray, np.ndarray] | None:
+    """Cut a person by an image edge, as photos frame people and filmed footage rarely does.
+
+    In a photo the person's box ends at the picture's edge, the joints beyond it are unlabelled
+    (COCO) and the crop beyond it is the warp's black border: all three are made here, the last
+    by :func:`blank_beyond` on the crop. Returns the cut, the new ``x1 y1 x2 y2`` box and the
+    visibility; None when the box is unknown or fewer than ``truncate_min_joints`` labelled
+    joints would remain.
+    """
+    x1, y1, x2, y2 = bbox
+    if not np.isfinite(bbox).all() or x2 <= x1 or y2 <= y1:
+        return None
+    sides = np.asarray(aug.truncate_sides, dtype=np.float64)
+    side = int(rng.choice(3, p=sides / sides.sum()))
+    keep = rng.uniform(*aug.truncate_keep)
+    box = np.array(bbox, dtype=np.float64)
+    if side == 0:  # bottom edge: the top of the person is kept
+        cut = Cut(np.array([0.0, 1.0]), y1 + keep * (y2 - y1))
+        box[3] = cut.offset
+    elif side == 1:  # left edge: the right part is kept
+        x = x2 - keep * (x2 - x1)
+        cut = Cut(np.array([-1.0, 0.0]), -x)
+        box[0] = x
+    else:  # right edge
+        cut = Cut(np.array([1.0, 0.0]), x1 + keep * (x2 - x1))
+        box[2] = cut.offset
+    visible = np.where(keypoints @ cut.normal <= cut.offset, visible, 0.0)
+    if (visible > 0).sum() < aug.truncate_min_joints:
+        return None
+    return cut, box, visible
+
+
+def blank_beyond(pixels: np.ndarray, input_to_image: np.ndarray, cut: Cut) -> np.ndarray:
+    """Zero the crop's pixels whose image point lies beyond ``cut``, as the warp fills outside a picture."""
+    h, w = pixels.shape[:2]
+    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    points = np.stack([u, v], axis=-1) @ input_to_image[:, :2].T + input_to_image[:, 2]
+    pixels = pixels.copy()
+    pixels[points @ cut.normal > cut.offset] = 0
+    return pixels
 
 
 def flip_matrix(image_width: int) -> np.ndarray:
