@@ -87,6 +87,10 @@ def data_dir(tmp_path):
     make_coco(data / "synth_photo", n_train=6, n_val=3, size=96, names=("train", "val"), seed=1)
     make_coco(data / "synth", n_train=6, n_val=3, size=96, names=("train", "val"), seed=2)
     _occluders(data / "real2/occluders", 6)
+    photos = make_coco(data / "photos", n_train=1, n_val=2, size=96, names=("train", "val"), seed=3)
+    val = json.loads((photos / "annotations/person_keypoints_val.json").read_text())
+    whole = {**val, "annotations": val["annotations"][:1]}  # a part of the set, as photo_eval_data.sh writes
+    (photos / "annotations/person_keypoints_val_whole.json").write_text(json.dumps(whole))
     return data
 
 
@@ -105,6 +109,8 @@ def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path)
         manifest["occluder_images"] == 4 and manifest["occluders_available"] == 6 and manifest["occluder_labels"] == 4
     )
     assert manifest["real_train_images"] == 3 and manifest["real_val_images"] == 1 and manifest["real_videos"] == 1
+    assert manifest["photos"] == "photos" and manifest["photos_val_images"] == 2  # val only: never a training set
+    assert not (pack / "photos/images/train").exists()
     assert (pack / "real2/videos/clip.avi").is_file() and not any((pack / "real2").rglob("*.jpg"))
     assert not any(pack.rglob("*.png")) and len(list((pack / "real2/occluders").glob("*.webp"))) == 4
     with pytest.raises(FileExistsError):
@@ -113,7 +119,14 @@ def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path)
     out = tmp_path / "unpacked"
     report = read_pack(pack, out, workers=2)
     assert report == {"real": "real2", "real_frames": 4, "videos": 1, "render_images": {"synth_photo": 8, "synth": 8},
-                      "occluder_dir": "occluders", "occluder_images": 4, "occluder_labels": 4}  # fmt: skip
+                      "occluder_dir": "occluders", "occluder_images": 4, "occluder_labels": 4, "photos": "photos",
+                      "photo_splits": ["val", "val_whole"]}  # fmt: skip
+    for original in (data_dir / "photos/images/val").iterdir():
+        assert (out / "photos/images/val" / original.name).read_bytes() == original.read_bytes()
+    for name in ("person_keypoints_val.json", "person_keypoints_val_whole.json"):
+        assert json.loads((out / "photos/annotations" / name).read_text()) == json.loads(
+            (data_dir / "photos/annotations" / name).read_text()
+        )
     for split in ("train", "val"):
         for original in (data_dir / "real2/images" / split).iterdir():
             assert (out / "real2/images" / split / original.name).read_bytes() == original.read_bytes()
@@ -182,15 +195,17 @@ def test_gpu_run_smoke_trains_evaluates_and_exports_on_cpu(data_dir, tmp_path):
     assert gpu_run.main(args) == 0
     timings = json.loads((out / "timings.json").read_text())
     assert list(timings) == ["start", "unpacked", "composited", "probe hevitpose-t", "plan", "trained", "exported",
-                             "eval real_val", "eval synth_photo_val", "eval synth_val", "done"]  # fmt: skip
+                             "eval real_val", "eval synth_photo_val", "eval synth_val", "eval photos_val",
+                             "eval photos_val_whole", "done"]  # fmt: skip
     assert timings["composited"]["cutouts"] == 4 and timings["composited"]["images"] > 0
     assert timings["plan"]["model"] == "hevitpose-t" and timings["trained"]["step"] == 3
     assert timings["unpacked"]["real"] == "real2" and timings["plan"]["occluders"] == 4  # the recipe read the pack's
     assert (out / "weights/hevitpose-t-default-gpu.safetensors").is_file()
     meta = json.loads((out / "weights/hevitpose-t-default-gpu.json").read_text())
     assert meta["model"] == "hevitpose-t"
-    for split in ("real_val", "synth_photo_val", "synth_val"):
+    for split in ("real_val", "synth_photo_val", "synth_val", "photos_val", "photos_val_whole"):
         assert "AP" in json.loads((out / f"eval_{split}.json").read_text())["metrics"]
+    assert json.loads((out / "eval_photos_val_whole.json").read_text())["people"] == 1
     assert (out / "metrics.jsonl").is_file()
 
 

@@ -4,7 +4,8 @@ The GPU machine receives only the working tree (64 MiB in all), so the data trav
 the labelled real footage as the videos themselves plus their label JSON (frames are decoded
 again there, bit-exact, by frame index), a sample of the occluder cutouts (with their entries of
 ``cutouts.json``, from which ``scripts/gpu_run.py`` composes ``hevitpose composite``'s images
-there) and the renders as WebP, and every label file gzipped. ``read_pack`` rebuilds the folders
+there), the real photos kept for evaluation (where ``data/photos`` exists) and the renders as WebP,
+and every label file gzipped. ``read_pack`` rebuilds the folders
 the recipes read: the real set (``data.root``, e.g. ``real2/``) with its occluders
 (``augment.occluder_dir``, e.g. ``real2/occluders/``), and each render set beside it
 (``data.extra_train``, e.g. ``../synth_photo``, ``../synth``), so ``configs/hevitpose_default_gpu.yaml``
@@ -42,6 +43,9 @@ OCCLUDERS = "occluders"
 # lossless and 23 kB as PNG, colour off by 3/255 where it shows, and lower qualities save under 10%.
 OCCLUDER_COUNT = 1000
 OCCLUDER_QUALITY = 75
+# Real photos for evaluation only (scripts/photo_eval_data.sh: split val and its parts val_*), packed
+# as they are (1.3 MB), so that a run on the GPU machine reports real-photo AP too; no recipe trains on them.
+PHOTOS = "photos"
 
 
 def _size(path: Path) -> int:
@@ -83,6 +87,21 @@ def _write_real(data: Path, pack: Path, real: str) -> dict:
         counts[f"real_{split}_people"] = len(coco["annotations"])
     counts["real_videos"] = len(sources)
     return counts
+
+
+def _write_photos(data: Path, pack: Path, photos: str) -> dict:
+    """``data/<photos>``'s val images and every ``person_keypoints_val*.json``, or nothing where it is absent."""
+    src = data / photos
+    if not (src / "annotations/person_keypoints_val.json").is_file():
+        return {}
+    (pack / photos / "annotations").mkdir(parents=True)
+    for ann in sorted((src / "annotations").glob("person_keypoints_val*.json")):
+        _write_json(pack / photos / "annotations" / ann.name, json.loads(ann.read_text()))
+    coco = json.loads((src / "annotations/person_keypoints_val.json").read_text())
+    (pack / photos / "images/val").mkdir(parents=True)
+    for image in coco["images"]:
+        shutil.copyfile(src / "images/val" / image["file_name"], pack / photos / "images/val" / image["file_name"])
+    return {"photos_val_images": len(coco["images"]), "photos_val_people": len(coco["annotations"])}
 
 
 def _write_occluders(src: Path, dst: Path, count: int, quality: int) -> dict:
@@ -158,10 +177,12 @@ def write_pack(
     occluders: str = OCCLUDERS,
     occluder_count: int = OCCLUDER_COUNT,
     occluder_quality: int = OCCLUDER_QUALITY,
+    photos: str = PHOTOS,
 ) -> dict:
     """``data/<real>`` (hevitpose label output, frames from videos), its occluders and renders into ``pack``.
 
-    The real set and the occluder sample go in whole; each render set then puts in its first
+    The real set, the occluder sample and the evaluation photos (``data/<photos>``, where there are
+    any) go in whole; each render set then puts in its first
     ``synth_val_images`` validation renders (a fixed small evaluation split); the budget left is
     split between the render sets' training renders by their weights, in order, a set that runs
     out of renders handing the rest of its share to the sets after it. ``occluders`` is relative
@@ -174,11 +195,13 @@ def write_pack(
     counts = _write_real(data, pack, real)
     if occluders:
         counts |= _write_occluders(data / real / occluders, pack / real / occluders, occluder_count, occluder_quality)
+    photo_counts = _write_photos(data, pack, photos)
+    counts |= photo_counts
     budget = budget_mb * 2**20 - _size(pack)
     for name, _ in renders:
         budget -= _write_renders(data, pack, name, "val", budget, synth_val_images, webp_quality)
     if budget <= 0:
-        raise ValueError(f"the real set, occluders and validation renders alone exceed {budget_mb} MiB")
+        raise ValueError(f"the real set, occluders, photos and validation renders alone exceed {budget_mb} MiB")
     weights = [weight for _, weight in renders]
     for i, (name, weight) in enumerate(renders):
         share = budget * weight / sum(weights[i:])
@@ -188,7 +211,8 @@ def write_pack(
             coco = _read_json(pack / name / f"annotations/person_keypoints_{split}.json")
             counts[f"{name}_{split}_images"] = len(coco["images"])
             counts[f"{name}_{split}_people"] = len(coco["annotations"])
-    layout = {"real": real, "renders": [name for name, _ in renders], "occluder_dir": occluders}
+    layout = {"real": real, "renders": [name for name, _ in renders], "occluder_dir": occluders,
+              "photos": photos if photo_counts else ""}  # fmt: skip
     manifest = {"bytes": _size(pack), "webp_quality": webp_quality, "occluder_quality": occluder_quality,
                 **layout, "render_weights": weights, **counts}  # fmt: skip
     (pack / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -233,6 +257,7 @@ def read_pack(pack: Path, out: Path, workers: int = 0) -> dict:
     real = manifest.get("real", "real")
     renders = manifest.get("renders", ["synth"])
     occluders = manifest.get("occluder_dir", "")
+    photos = manifest.get("photos", "")
     jobs: dict[str, list[tuple[int, str, int, int]]] = {}
     for split in SPLITS:
         coco = _read_json(pack / real / f"annotations/person_keypoints_{split}.json")
@@ -268,6 +293,14 @@ def read_pack(pack: Path, out: Path, workers: int = 0) -> dict:
             coco = _read_json(pack / name / f"annotations/person_keypoints_{split}.json")
             (out / name / f"annotations/person_keypoints_{split}.json").write_text(json.dumps(coco))
         render_images[name] = sum(1 for _ in (out / name / "images").rglob("*.webp"))
+    photo_splits = []
+    if photos:
+        shutil.copytree(pack / photos / "images", out / photos / "images", dirs_exist_ok=True)
+        (out / photos / "annotations").mkdir(parents=True, exist_ok=True)
+        for gz in sorted((pack / photos / "annotations").glob("*.json.gz")):
+            name = gz.name.removesuffix(".gz")
+            (out / photos / "annotations" / name).write_text(json.dumps(_read_json(gz.with_suffix(""))))
+            photo_splits.append(name.removeprefix("person_keypoints_").removesuffix(".json"))
     return {
         "real": real,
         "real_frames": frames,
@@ -276,6 +309,8 @@ def read_pack(pack: Path, out: Path, workers: int = 0) -> dict:
         "occluder_dir": occluders,
         "occluder_images": n_occluders,
         "occluder_labels": labelled,
+        "photos": photos,
+        "photo_splits": photo_splits,
     }
 
 
@@ -295,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--occluders", default=OCCLUDERS, help="cutouts, a folder of the real set ('' for none)")
     w.add_argument("--occluder-count", type=int, default=OCCLUDER_COUNT)
     w.add_argument("--occluder-quality", type=int, default=OCCLUDER_QUALITY, help="WebP quality; over 100 is lossless")
+    w.add_argument("--photos", default=PHOTOS, help="real photos for evaluation only, a folder of DATA ('' for none)")
     r = sub.add_parser("read", help="pack -> data folder")
     r.add_argument("pack", type=Path)
     r.add_argument("out", type=Path)
@@ -303,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "write":
         renders = tuple((s.split(":")[0], float(s.split(":")[1]) if ":" in s else 1.0) for s in args.renders)
         report = write_pack(args.data, args.pack, args.budget_mb, args.webp_quality, args.val_images, args.real,
-                            renders, args.occluders, args.occluder_count, args.occluder_quality)  # fmt: skip
+                            renders, args.occluders, args.occluder_count, args.occluder_quality, args.photos)  # fmt: skip
     else:
         report = read_pack(args.pack, args.out, args.workers)
     print(json.dumps(report, indent=2))
