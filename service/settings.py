@@ -59,7 +59,10 @@ class Settings(BaseSettings):
     detector_tile_max_height: float = Field(0.3, gt=0, le=1)  # taller tile boxes: left to the first pass
     person_keypoint_threshold: float = Field(0.2, ge=0, le=1)  # keypoints counted in a person's score
 
-    flip_test: bool = False  # default for requests that do not say
+    # default for requests that do not say. On: the default model gains 1.3-4.6 points of AP with it for 1.24-1.73x
+    # the response time on a 2-core CPU (weights/MODEL_CARD.md, BENCHMARKS.md flip_test_cost), as MMPose's test
+    # configs run it; HEVITPOSE_FLIP_TEST=false where the time matters more
+    flip_test: bool = True
     # The codec is the bundle's (the values its training used); these override it only when set.
     bbox_padding: float | None = Field(None, gt=0)
     decode_method: Literal["dark", "argmax"] | None = None
