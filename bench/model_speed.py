@@ -226,7 +226,8 @@ class _RunnerModule(nn.Module):
 
 
 def heldout_ap(runner: Callable[[torch.Tensor], torch.Tensor], data_root: Path, config: Path) -> float:
-    """COCO keypoint AP of ``runner`` on ``data_root``'s val split, labelled boxes, no flip (as served)."""
+    """COCO keypoint AP of ``runner`` on ``data_root``'s val split, labelled boxes, no flip test (a backend's own
+    keypoints, not averaged with the mirror's)."""
     from torch.utils.data import DataLoader
 
     from training.config import load_config
@@ -350,7 +351,7 @@ def main() -> None:
         f"MoveNet Thunder runs in the same rounds, one crop per call. 'agreement' is the mean OKS of a backend's "
         f"keypoints against float32 eager on the 48 calibration crops: the service keeps a backend only at >= "
         f"{AGREEMENT_THRESHOLD} (service/runtime_choice.py). AP: COCO keypoint AP on the held-out video "
-        f"({args.eval_data}, labelled boxes, no flip test, as the service serves by default). "
+        f"({args.eval_data}, labelled boxes, no flip test: each backend's own keypoints). "
         f"Load average over the last 5 minutes at the end: {load:.1f}; above the core count, other work shared "
         f"the machine and only the ratios within a model's rows mean much.\n\n{format_cpu_table(cells)}"
     )
