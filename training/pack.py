@@ -298,9 +298,9 @@ def read_pack(pack: Path, out: Path, workers: int = 0) -> dict:
         shutil.copytree(pack / photos / "images", out / photos / "images", dirs_exist_ok=True)
         (out / photos / "annotations").mkdir(parents=True, exist_ok=True)
         for gz in sorted((pack / photos / "annotations").glob("*.json.gz")):
-            name = gz.name.removesuffix(".gz")
-            (out / photos / "annotations" / name).write_text(json.dumps(_read_json(gz.with_suffix(""))))
-            photo_splits.append(name.removeprefix("person_keypoints_").removesuffix(".json"))
+            ann = gz.with_suffix("")  # person_keypoints_<split>.json, as _write_json was given it
+            (out / photos / "annotations" / ann.name).write_text(json.dumps(_read_json(ann)))
+            photo_splits.append(ann.stem.removeprefix("person_keypoints_"))
     return {
         "real": real,
         "real_frames": frames,
