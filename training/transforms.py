@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.codec import apply_affine
 from training.config import AugmentConfig
 
 
@@ -69,7 +70,7 @@ def blank_beyond(pixels: np.ndarray, input_to_image: np.ndarray, cut: Cut) -> np
     """Zero the crop's pixels whose image point lies beyond ``cut``, as the warp fills outside a picture."""
     h, w = pixels.shape[:2]
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    points = np.stack([u, v], axis=-1) @ input_to_image[:, :2].T + input_to_image[:, 2]
+    points = apply_affine(np.stack([u, v], axis=-1), input_to_image)
     pixels = pixels.copy()
     pixels[points @ cut.normal > cut.offset] = 0
     return pixels
