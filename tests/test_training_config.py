@@ -104,6 +104,7 @@ def test_the_default_stages_are_their_predecessors_with_a_few_values_changed():
     assert ft10.data.extra_train == (*ft9.data.extra_train, "../synth_poses") and ft10.optim == ft9.optim
     assert (ft10b.data, ft10b.augment, ft10b.codec) == (ft10.data, ft10.augment, ft10.codec)
     assert (ft10b.optim.lr, ft10b.optim.epochs, ft10b.optim.milestones) == (3e-5, 1, ())
+    assert load_config(CONFIGS / "hevitpose_default_gpu.yaml").augment.truncate_prob == ft10.augment.truncate_prob
 
 
 def test_the_shipped_bundle_decodes_with_the_codec_its_recipe_trained():
