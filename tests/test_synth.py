@@ -117,6 +117,11 @@ def test_a_dataset_grows_by_later_indices(dataset: Path, tmp_path: Path) -> None
     base = ["synth", str(tmp_path), "--seed", str(SEED), "--width", str(SIZE), "--height", str(SIZE)]
     base += ["--val-fraction", "0.25", "--max-people", "3", "--preset", "hard"]
     assert hevitpose(base + ["--num", "5"]) == 0
+    # As a dataset made before the scene's head_in_frame field existed records it: not at all.
+    for split in ("train", "val"):
+        data = _load(tmp_path, split)
+        del data["info"]["settings"]["scene"]["head_in_frame"]
+        (tmp_path / "annotations" / f"person_keypoints_{split}.json").write_text(json.dumps(data))
     assert hevitpose(base + ["--num", str(NUM - 5), "--start", "5"]) == 0
     for split in ("train", "val"):
         grown, whole = _load(tmp_path, split), _load(dataset, split)
@@ -289,3 +294,19 @@ def test_activities_replace_the_presets_weights_and_reach_the_renders(tmp_path: 
         assert train["info"]["settings"]["scene"]["activity_weights"] == [float(a == activity) for a in ACTIVITIES]
         aspects[activity] = np.mean([w / h for _, _, w, h in (a["bbox"] for a in train["annotations"])])
     assert aspects["lie"] > 2 * aspects["stand"], aspects
+
+
+def test_portrait_preset_cuts_people_at_the_bottom_edge_with_the_head_inside(tmp_path: Path) -> None:
+    args = ["synth", str(tmp_path), "--num", "6", "--seed", "2", "--width", "96", "--height", "96"]
+    assert hevitpose(args + ["--preset", "portrait", "--max-people", "1", "--val-fraction", "0"]) == 0
+    train = _load(tmp_path, "train")
+    assert train["info"]["settings"]["scene"]["preset"] == "portrait"
+    assert train["info"]["settings"]["scene"]["head_in_frame"] is True
+    assert len(train["annotations"]) == 6
+    head, feet = [0, 1, 2, 3, 4], [COCO17.names.index("left_ankle"), COCO17.names.index("right_ankle")]
+    for a in train["annotations"]:
+        kps = np.array(a["keypoints"], dtype=float).reshape(17, 3)
+        x, y, w, h = a["bbox"]
+        assert y + h >= 95, a["bbox"]  # the body runs out of the picture at the bottom
+        assert (kps[feet, 2] == 0).all()  # so the ankles are unlabelled
+        assert (kps[head, 2] > 0).any()  # and the head is in it

@@ -192,6 +192,10 @@ def _settings(cfg: SynthConfig) -> dict:
 def merge_coco(existing: dict, new: dict) -> dict:
     """Images and annotations of both, in image order, annotation ids renumbered."""
     existing_settings = {k: v for k, v in existing["info"]["settings"].items() if k not in ("num", "start")}
+    if "scene" in existing_settings:
+        # A scene field added after the dataset was made took its default there.
+        defaults = json.loads(json.dumps(asdict(SceneSettings())))
+        existing_settings["scene"] = {**defaults, **existing_settings["scene"]}
     if existing_settings != new["info"]["settings"]:
         raise ValueError("the dataset in OUT_DIR was made with other settings; extend it with the same ones")
     ids = {im["id"] for im in existing["images"]}

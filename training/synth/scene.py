@@ -62,6 +62,9 @@ class SceneSettings:
     # "random": one to three lights from anywhere, of any strength; "photo": a key light (sun,
     # window) from the camera's side, a fill light, light from the sky and a bright ambient.
     lighting: str = "random"
+    # Keep the main person's head in the picture when the frame is smaller than the person
+    # (person_scale > 1): the aim is raised towards the head, as a photographer frames a portrait.
+    head_in_frame: bool = False
 
 
 # Named sets of SceneSettings overrides; "photo" is the default of `hevitpose synth`.
@@ -94,6 +97,21 @@ PRESETS: dict[str, dict] = {
         "ground_photo_probability": 0.7,
         "background_zoom": 1.8,
     },
+}
+# Head-and-shoulders to knees-up photos, cut by the picture's bottom edge, mostly facing the
+# camera: the framing of ordinary photos that filmed footage and whole-body renders lack
+# (weights/MODEL_CARD.md, "people cut by the picture's edge").
+PRESETS["portrait"] = {
+    **PRESETS["photo"],
+    "fov_deg": (25.0, 50.0),
+    "person_scale": (1.3, 3.2),
+    "close_up_probability": 0.0,
+    "head_in_frame": True,
+    "aim_lateral": 0.1,
+    "people_weights": (0.6, 0.3, 0.1),
+    # stand, walk, run, sit, crouch, kneel, bend, lunge, lie, free
+    "activity_weights": (0.45, 0.15, 0.02, 0.25, 0.0, 0.02, 0.03, 0.0, 0.0, 0.08),
+    "facing_camera_probability": 0.85,
 }
 
 
@@ -203,12 +221,21 @@ def sample_scene(model: BodyModel, rng: np.random.Generator, settings: SceneSett
     else:
         cam_height = rng.uniform(*settings.camera_height)
     ground_dist = float(np.sqrt(max(distance**2 - (cam_height - main_h / 2) ** 2, 0.6**2)))
+    lateral = rng.uniform(-settings.aim_lateral, settings.aim_lateral)
+    aim = rng.uniform(*settings.aim_height)
+    if settings.head_in_frame and scale > 1:
+        # The frame spans 1/scale of the person's height: the head's top inside it, the bottom
+        # edge from the shoulders (a large scale) to the knees (a small one); the camera at the
+        # framed part's height or a little above, as a photographer holds it.
+        aim = float(np.clip(aim, 1 - 0.45 / scale, 1 - 0.3 / scale))
+        cam_height = main_h * aim + rng.uniform(-0.1, 0.3)
+        ground_dist = float(np.sqrt(max(distance**2 - (cam_height - main_h * aim) ** 2, 0.6**2)))
     half_width = ground_dist * (w / 2) / fx
     target = np.array(
         [
-            rng.uniform(-settings.aim_lateral, settings.aim_lateral) * half_width,
+            lateral * half_width,
             ground_dist,
-            main_h * rng.uniform(*settings.aim_height),
+            main_h * aim,
         ]
     )
     eye = np.array([0.0, 0.0, cam_height])
