@@ -224,10 +224,11 @@ def sample_scene(model: BodyModel, rng: np.random.Generator, settings: SceneSett
     lateral = rng.uniform(-settings.aim_lateral, settings.aim_lateral)
     aim = rng.uniform(*settings.aim_height)
     if settings.head_in_frame and scale > 1:
-        # The frame spans 1/scale of the person's height: the head's top inside it, the bottom
-        # edge from the shoulders (a large scale) to the knees (a small one); the camera at the
-        # framed part's height or a little above, as a photographer holds it.
-        aim = float(np.clip(aim, 1 - 0.45 / scale, 1 - 0.3 / scale))
+        # The frame spans 1/scale of the person's height: aimed no lower than 0.45/scale below
+        # the head's top, so the top edge lies just above the head and the bottom edge cuts the
+        # body, at the shoulders for a large scale and the knees for a small one; the camera at
+        # the framed part's height or a little above, as a photographer holds it.
+        aim = max(float(aim), 1 - 0.45 / scale)
         cam_height = main_h * aim + rng.uniform(-0.1, 0.3)
         ground_dist = float(np.sqrt(max(distance**2 - (cam_height - main_h * aim) ** 2, 0.6**2)))
     half_width = ground_dist * (w / 2) / fx
