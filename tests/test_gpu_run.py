@@ -1,7 +1,8 @@
 """The data pack and the one-call GPU script, run end to end on the CPU (--smoke).
 
 The data is the current recipe's layout in miniature: a labelled real set ``real2`` with its
-occluder cutouts (labelled, for the composites), and two render sets, ``synth_photo`` and ``synth``.
+occluder cutouts (labelled, for the composites), and the render sets the pack holds by default
+(``training.pack.RENDERS``), which configs/hevitpose_default_gpu.yaml reads.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import pytest
 from _training_data import make_coco
 
 from training.composite import load_cutouts
+from training.config import load_config
 from training.occluders import OccluderBank
-from training.pack import read_pack, write_pack
+from training.pack import RENDERS, read_pack, write_pack
 
 ROOT = Path(__file__).resolve().parents[1]
-RENDERS = (("synth_photo", 1.0), ("synth", 1.0))
+NAMES = [name for name, _ in RENDERS]
 
 
 def _real_dataset(root: Path, video: Path, frames: list[np.ndarray], max_side: int) -> None:
@@ -84,8 +86,8 @@ def data_dir(tmp_path):
         frame = np.concatenate([figure, rng.integers(0, 255, figure.shape, dtype=np.uint8)], axis=1)
         frames.append(cv2.resize(frame, (512, 256)))
     _real_dataset(data, tmp_path / "clip.avi", frames, max_side=384)
-    make_coco(data / "synth_photo", n_train=6, n_val=3, size=96, names=("train", "val"), seed=1)
-    make_coco(data / "synth", n_train=6, n_val=3, size=96, names=("train", "val"), seed=2)
+    for seed, name in enumerate(NAMES, start=10):
+        make_coco(data / name, n_train=6, n_val=3, size=96, names=("train", "val"), seed=seed)
     _occluders(data / "real2/occluders", 6)
     photos = make_coco(data / "photos", n_train=1, n_val=2, size=96, names=("train", "val"), seed=3)
     val = json.loads((photos / "annotations/person_keypoints_val.json").read_text())
@@ -102,8 +104,8 @@ def _pack(data_dir: Path, pack: Path, budget_mb: float = 1.0, renders=RENDERS) -
 def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path):
     pack = tmp_path / "pack"
     manifest = _pack(data_dir, pack)
-    assert manifest["real"] == "real2" and manifest["renders"] == ["synth_photo", "synth"]
-    for name in ("synth_photo", "synth"):
+    assert manifest["real"] == "real2" and manifest["renders"] == NAMES
+    for name in NAMES:
         assert manifest[f"{name}_val_images"] == 2 and manifest[f"{name}_train_images"] == 6
     assert (
         manifest["occluder_images"] == 4 and manifest["occluders_available"] == 6 and manifest["occluder_labels"] == 4
@@ -118,7 +120,7 @@ def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path)
 
     out = tmp_path / "unpacked"
     report = read_pack(pack, out, workers=2)
-    assert report == {"real": "real2", "real_frames": 4, "videos": 1, "render_images": {"synth_photo": 8, "synth": 8},
+    assert report == {"real": "real2", "real_frames": 4, "videos": 1, "render_images": dict.fromkeys(NAMES, 8),
                       "occluder_dir": "occluders", "occluder_images": 4, "occluder_labels": 4, "photos": "photos",
                       "photo_splits": ["val", "val_whole"]}  # fmt: skip
     for original in (data_dir / "photos/images/val").iterdir():
@@ -130,7 +132,7 @@ def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path)
     for split in ("train", "val"):
         for original in (data_dir / "real2/images" / split).iterdir():
             assert (out / "real2/images" / split / original.name).read_bytes() == original.read_bytes()
-    for name in ("synth_photo", "synth"):
+    for name in NAMES:
         synth = json.loads((out / name / "annotations/person_keypoints_train.json").read_text())
         assert all((out / name / "images/train" / img["file_name"]).is_file() for img in synth["images"])
         assert cv2.imread(str(out / name / "images/train" / synth["images"][0]["file_name"])).shape == (96, 96, 3)
@@ -152,31 +154,42 @@ def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path)
 
 def test_pack_splits_the_render_budget_by_weight(data_dir, tmp_path):
     full = _pack(data_dir, tmp_path / "full")
-    train_bytes = sum(_size(tmp_path / "full" / name / "images/train") for name in ("synth_photo", "synth"))
+    train_bytes = sum(_size(tmp_path / "full" / name / "images/train") for name in NAMES)
     budget = (full["bytes"] - train_bytes / 2) / 2**20  # room for about half the training renders
     even = _pack(data_dir, tmp_path / "even", budget)
-    assert 0 < even["synth_photo_train_images"] < 6 and 0 < even["synth_train_images"] < 6  # the budget cuts both
-    assert even["bytes"] <= budget * 2**20 and even["synth_val_images"] == 2  # validation renders are kept whole
-    photo = _pack(data_dir, tmp_path / "photo", budget, renders=(("synth_photo", 3.0), ("synth", 1.0)))
-    assert photo["synth_photo_train_images"] > even["synth_photo_train_images"]
-    assert photo["synth_train_images"] < even["synth_train_images"]
+    assert all(0 < even[f"{name}_train_images"] < 6 for name in NAMES)  # the budget cuts every set
+    assert even["bytes"] <= budget * 2**20 and all(even[f"{name}_val_images"] == 2 for name in NAMES)  # val kept whole
+    first, *rest = NAMES
+    heavy = _pack(data_dir, tmp_path / "heavy", budget, renders=((first, 3.0), *((name, 1.0) for name in rest)))
+    assert heavy[f"{first}_train_images"] > even[f"{first}_train_images"]
+    assert sum(heavy[f"{name}_train_images"] for name in rest) < sum(even[f"{name}_train_images"] for name in rest)
     with pytest.raises(ValueError, match="exceed"):
         _pack(data_dir, tmp_path / "tiny", budget_mb=0.01)
     with pytest.raises(ValueError, match="positive"):
-        _pack(data_dir, tmp_path / "zero", renders=(("synth_photo", 1.0), ("synth", 0.0)))
+        _pack(data_dir, tmp_path / "zero", renders=((first, 1.0), (rest[0], 0.0)))
 
 
 def test_a_render_set_that_runs_out_hands_its_share_on(data_dir, tmp_path):
-    ann = data_dir / "synth_photo/annotations/person_keypoints_train.json"
+    first, second = NAMES[:2]
+    two = ((first, 1.0), (second, 1.0))
+    ann = data_dir / first / "annotations/person_keypoints_train.json"
     coco = json.loads(ann.read_text())
-    ann.write_text(json.dumps({**coco, "images": coco["images"][:1]}))  # one photo render, six hard ones
-    full = _pack(data_dir, tmp_path / "full")
-    assert full["synth_photo_train_images"] == 1 and full["synth_train_images"] == 6
-    hard = sorted((tmp_path / "full/synth/images/train").iterdir())
-    budget = (full["bytes"] - hard[-1].stat().st_size - 100) / 2**20  # room for five of the six
-    cut = _pack(data_dir, tmp_path / "cut", budget)
-    # half of the room, an even split's share, would hold three; the photo set's unused half comes on
-    assert cut["synth_photo_train_images"] == 1 and cut["synth_train_images"] >= 4
+    ann.write_text(json.dumps({**coco, "images": coco["images"][:1]}))  # one render in the first set, six in the second
+    full = _pack(data_dir, tmp_path / "full", renders=two)
+    assert full[f"{first}_train_images"] == 1 and full[f"{second}_train_images"] == 6
+    last = sorted((tmp_path / "full" / second / "images/train").iterdir())
+    budget = (full["bytes"] - last[-1].stat().st_size - 100) / 2**20  # room for five of the six
+    cut = _pack(data_dir, tmp_path / "cut", budget, renders=two)
+    # half of the room, an even split's share, would hold three; the first set's unused half comes on
+    assert cut[f"{first}_train_images"] == 1 and cut[f"{second}_train_images"] >= 4
+
+
+def gpu_run_module():
+    """scripts/gpu_run.py, a script rather than a package module."""
+    spec = importlib.util.spec_from_file_location("gpu_run", ROOT / "scripts/gpu_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _size(folder: Path) -> int:
@@ -186,16 +199,14 @@ def _size(folder: Path) -> int:
 def test_gpu_run_smoke_trains_evaluates_and_exports_on_cpu(data_dir, tmp_path):
     pack = tmp_path / "pack"
     _pack(data_dir, pack)
-    spec = importlib.util.spec_from_file_location("gpu_run", ROOT / "scripts/gpu_run.py")
-    gpu_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_run)
+    gpu_run = gpu_run_module()
     out = tmp_path / "out"
     args = ["--smoke", "--pack", str(pack), "--out", str(out), "--work", str(tmp_path / "work"),
             "--models", "hevitpose-t", "run.tensorboard=false"]  # fmt: skip
     assert gpu_run.main(args) == 0
     timings = json.loads((out / "timings.json").read_text())
     assert list(timings) == ["start", "unpacked", "composited", "probe hevitpose-t", "plan", "trained", "exported",
-                             "eval real_val", "eval synth_photo_val", "eval synth_val", "eval photos_val",
+                             "eval real_val", *(f"eval {name}_val" for name in NAMES), "eval photos_val",
                              "eval photos_val_whole", "done"]  # fmt: skip
     assert timings["composited"]["cutouts"] == 4 and timings["composited"]["images"] > 0
     assert timings["plan"]["model"] == "hevitpose-t" and timings["trained"]["step"] == 3
@@ -203,16 +214,21 @@ def test_gpu_run_smoke_trains_evaluates_and_exports_on_cpu(data_dir, tmp_path):
     assert (out / "weights/hevitpose-t-default-gpu.safetensors").is_file()
     meta = json.loads((out / "weights/hevitpose-t-default-gpu.json").read_text())
     assert meta["model"] == "hevitpose-t"
-    for split in ("real_val", "synth_photo_val", "synth_val", "photos_val", "photos_val_whole"):
+    for split in ("real_val", *(f"{name}_val" for name in NAMES), "photos_val", "photos_val_whole"):
         assert "AP" in json.loads((out / f"eval_{split}.json").read_text())["metrics"]
     assert json.loads((out / "eval_photos_val_whole.json").read_text())["people"] == 1
     assert (out / "metrics.jsonl").is_file()
 
 
+def test_the_gpu_recipe_reads_the_packed_renders_the_shipped_stage_trains_on():
+    gpu = load_config(ROOT / "configs/hevitpose_default_gpu.yaml")
+    shipped = load_config(ROOT / "configs/hevitpose_t_default_ft11b.yaml")
+    assert gpu.data.extra_train == (*(f"../{name}" for name in NAMES), f"../{gpu_run_module().COMPOSITE}")
+    assert [p for p in shipped.data.extra_train if p.startswith("../synth")] == [f"../{name}" for name in NAMES]
+
+
 def test_epoch_plan_fits_the_measured_rate():
-    spec = importlib.util.spec_from_file_location("gpu_run", ROOT / "scripts/gpu_run.py")
-    gpu_run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_run)
+    gpu_run = gpu_run_module()
     epochs, milestones = gpu_run.epoch_plan(rate=2000.0, seconds=330.0, epoch_samples=13_000)
     assert epochs == 50 and milestones == [40, 47]
     assert gpu_run.epoch_plan(10.0, 1.0, 13_000) == (1, [1])

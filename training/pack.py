@@ -8,7 +8,7 @@ there), the real photos kept for evaluation (where ``data/photos`` exists) and t
 and every label file gzipped. ``read_pack`` rebuilds the folders
 the recipes read: the real set (``data.root``, e.g. ``real2/``) with its occluders
 (``augment.occluder_dir``, e.g. ``real2/occluders/``), and each render set beside it
-(``data.extra_train``, e.g. ``../synth_photo``, ``../synth``), so ``configs/hevitpose_default_gpu.yaml``
+(``data.extra_train``, e.g. ``../synth_photo``, ``../synth_portrait``), so ``configs/hevitpose_default_gpu.yaml``
 reads them with only ``data.root`` set.
 
     python -m training.pack write data/ pack/ --budget-mb 35
@@ -30,12 +30,12 @@ from pathlib import Path
 import cv2
 
 SPLITS = ("train", "val")
-# The current recipe's data (configs/hevitpose_t_default_ft4.yaml): re-labelled footage, its
-# occluders (with their labels, from which the composites are made again), photo-preset then
-# hard-preset renders, the budget split evenly between the two as the recipe repeats each once per
-# epoch.
+# The shipped stage's data (configs/hevitpose_t_default_ft11.yaml, which configs/hevitpose_default_gpu.yaml
+# follows): re-labelled footage, its occluders (with their labels, from which the composites are made
+# again), photo-preset renders, the pose-rich ones and the portraits, the budget split evenly as the recipe
+# repeats each once per epoch. The hard-preset renders (``synth``) left the CPU recipe at its sixth stage.
 REAL = "real2"
-RENDERS = (("synth_photo", 1.0), ("synth", 1.0))
+RENDERS = (("synth_photo", 1.0), ("synth_poses", 1.0), ("synth_portrait", 1.0))
 OCCLUDERS = "occluders"
 # 1,000 of the 2,738 cutouts: 92% of them are the same few pedestrians of vtest.avi in consecutive
 # frames, so every 2.7th (in name order, which keeps each video's share) loses little. Lossy WebP
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("write", help="data folder -> pack")
     w.add_argument("data", type=Path)
     w.add_argument("pack", type=Path)
-    # 64 MiB travel to the device: the tracked tree (23.3 MiB), bench/gpu_wheels.sh's wheels (3.7 MiB) and the pack
+    # 64 MiB travel to the device: the tracked tree (23.4 MiB), bench/gpu_wheels.sh's wheels (3.7 MiB) and the pack
     w.add_argument("--budget-mb", type=float, default=35.0)
     w.add_argument("--webp-quality", type=int, default=60, help="renders")
     w.add_argument("--val-images", type=int, default=100, help="validation renders per render set")
