@@ -7,6 +7,7 @@ occluder cutouts (labelled, for the composites), and the render sets the pack ho
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -15,8 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from _training_data import make_coco
+from safetensors.torch import load_file
 
+from model.bundle import load_meta
 from training.composite import load_cutouts
 from training.config import load_config
 from training.occluders import OccluderBank
@@ -218,6 +222,30 @@ def test_gpu_run_smoke_trains_evaluates_and_exports_on_cpu(data_dir, tmp_path):
         assert "AP" in json.loads((out / f"eval_{split}.json").read_text())["metrics"]
     assert json.loads((out / "eval_photos_val_whole.json").read_text())["people"] == 1
     assert (out / "metrics.jsonl").is_file()
+
+
+def test_gpu_run_smoke_fine_tunes_a_bundle_with_its_size_and_codec(data_dir, tmp_path):
+    bundle = ROOT / "weights/hevitpose-t-default.json"
+    pack, out = tmp_path / "pack", tmp_path / "out"
+    _pack(data_dir, pack)
+    gpu_run = gpu_run_module()
+    args = ["--smoke", "--pack", str(pack), "--out", str(out), "--work", str(tmp_path / "work"),
+            "--init-from", str(bundle), "run.tensorboard=false"]  # fmt: skip
+    assert gpu_run.main(args) == 0
+    timings = json.loads((out / "timings.json").read_text())
+    assert list(timings["plan"]["rates"]) == ["hevitpose-t"]  # the bundle's network only, not the candidates
+    assert timings["plan"]["init_from"] == str(bundle) and timings["trained"]["step"] == 3
+    meta, tuned = load_meta(bundle), load_meta(out / "weights/hevitpose-t-default-gpu.json")
+    # the smoke run's 64x64 input aside, the codec the bundle decodes with is the one it trained with
+    assert dataclasses.replace(tuned.codec, input_size=meta.codec.input_size) == meta.codec
+    assert json.loads((out / "config.json").read_text())["optim"]["lr"] == gpu_run.FINE_TUNE_LR
+    # three steps in warm-up move the learned weights by little: they start from the bundle's, not from random ones
+    # (batch-norm statistics move with the batches, as in any training step)
+    before = load_file(str(bundle.with_suffix(".safetensors")))
+    after = load_file(str(out / "weights/hevitpose-t-default-gpu.safetensors"))
+    learned = [k for k in before if "running_" not in k and "num_batches_tracked" not in k]
+    assert before.keys() == after.keys() and len(learned) > 200
+    assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-2) for k in learned)
 
 
 def test_the_gpu_recipe_reads_the_packed_renders_the_shipped_stage_trains_on():
