@@ -15,7 +15,8 @@ step), so a run cut short still returns what it did. ``--smoke`` runs the whole 
 a minute (a few steps, tiny inputs): CI tests it, so the first lent GPU spends its time training.
 
 Model choice, by measurement: each candidate trains ``--probe-steps`` steps; the first (largest)
-whose rate fits ``--min-samples`` into the training time is taken, else the fastest. Epochs and
+whose rate fits ``--min-samples`` into the training time is taken, else the largest within 10% of
+the fastest (the loader may bound every model's rate alike, and then size costs nothing). Epochs and
 the learning-rate steps are then sized to the measured rate.
 
 ``--init-from weights/hevitpose-t-default.json`` fine-tunes a bundle instead of training from
@@ -63,6 +64,16 @@ def epoch_plan(rate: float, seconds: float, epoch_samples: int, minimum: int = 1
     epochs = max(minimum, int(rate * seconds // max(epoch_samples, 1)))
     milestones = sorted({max(1, math.floor(0.8 * epochs)), max(1, math.floor(0.95 * epochs))})
     return epochs, [m for m in milestones if m < epochs] or [epochs]
+
+
+def choose_model(rates: dict[str, float], seconds: float, min_samples: int, within: float = 0.9) -> str:
+    """``rates`` in probe order, largest model first: the first that fits ``min_samples`` into ``seconds``, else
+    the first whose rate is ``within`` of the fastest's."""
+    for name, rate in rates.items():
+        if rate * seconds >= min_samples:
+            return name
+    fastest = max(rates.values())
+    return next(name for name, rate in rates.items() if rate >= within * fastest)
 
 
 def fine_tune_overrides(bundle: Path) -> tuple[str, list[str]]:
@@ -144,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
     epoch_samples = len(train_set)
     occluders = len(train_set.occluders) if train_set.occluders is not None else 0
     rates = {}
-    chosen = None
     for name in candidates:
         probe_dir = args.work / f"probe_{name}"
         cfg = load_config(args.config, [*base, f"model.name={name}", f"run.max_steps={probe_steps}",
@@ -153,10 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         rates[name] = rate_of(probe_dir / "metrics.jsonl")
         timings.mark(f"probe {name}", samples_per_s=round(rates[name], 1))
         if rates[name] * max(train_seconds, 1.0) >= args.min_samples or args.smoke:
-            chosen = name
             break
-    if chosen is None:
-        chosen = max(rates, key=rates.get)
+    chosen = choose_model(rates, train_seconds, args.min_samples)  # the smoke run probes one
     epochs, milestones = epoch_plan(rates[chosen], train_seconds, epoch_samples)
     run_dir = args.work / "run"
     train_overrides = [*base, f"model.name={chosen}", f"optim.epochs={epochs}", f"optim.milestones={milestones}",

@@ -255,6 +255,15 @@ def test_the_gpu_recipe_reads_the_packed_renders_the_shipped_stage_trains_on():
     assert [p for p in shipped.data.extra_train if p.startswith("../synth")] == [f"../{name}" for name in NAMES]
 
 
+def test_the_largest_model_that_fits_or_keeps_pace_is_chosen():
+    choose = gpu_run_module().choose_model
+    assert choose({"hevitpose-b": 2000.0}, 330.0, 600_000) == "hevitpose-b"  # 660,000 samples fit
+    rates = {"hevitpose-b": 900.0, "hevitpose-s": 1400.0, "hevitpose-t": 1500.0}
+    assert choose(rates, 330.0, 600_000) == "hevitpose-s"  # none fits; S keeps within 10% of T's pace
+    assert choose({**rates, "hevitpose-s": 1300.0}, 330.0, 600_000) == "hevitpose-t"
+    assert choose({"hevitpose-b": 1450.0, "hevitpose-s": 1500.0}, 330.0, 600_000) == "hevitpose-b"  # loader-bound
+
+
 def test_epoch_plan_fits_the_measured_rate():
     gpu_run = gpu_run_module()
     epochs, milestones = gpu_run.epoch_plan(rate=2000.0, seconds=330.0, epoch_samples=13_000)
