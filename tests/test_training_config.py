@@ -110,6 +110,10 @@ def test_the_default_stages_are_their_predecessors_with_a_few_values_changed():
     assert ft11.data.extra_train == (*ft10.data.extra_train, "../synth_portrait")
     assert (ft11b.data, ft11b.augment, ft11b.codec) == (ft11.data, ft11.augment, ft11.codec)
     assert ft11b.optim == ft10b.optim and ft11b.run.threads == 2
+    ft12, ft12b = (load_config(CONFIGS / f"hevitpose_t_default_{n}.yaml") for n in ("ft12", "ft12b"))
+    for again, first in ((ft12, ft11), (ft12b, ft11b)):  # the eleventh stage once more
+        assert all(getattr(again, part) == getattr(first, part) for part in ("data", "augment", "codec", "optim"))
+    assert ft12b.model.init_from == "runs/hevitpose_t_default_ft12/last.pt" and ft12b.run.threads == 1
 
 
 def test_the_shipped_bundle_decodes_with_the_codec_its_recipe_trained():
