@@ -118,7 +118,7 @@ def test_the_default_stages_are_their_predecessors_with_a_few_values_changed():
 
 def test_the_shipped_bundle_decodes_with_the_codec_its_recipe_trained():
     meta = load_meta(CONFIGS.parent / "weights" / "hevitpose-t-default.json")
-    assert meta.codec == codec_from_config(load_config(CONFIGS / "hevitpose_t_default_ft11b.yaml"))
+    assert meta.codec == codec_from_config(load_config(CONFIGS / "hevitpose_t_default_ft12b.yaml"))
 
 
 def test_lr_schedule_is_mmcv_step_with_linear_warmup():

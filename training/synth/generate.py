@@ -180,13 +180,17 @@ def coco_json(results: list[ImageResult], split: str, cfg: SynthConfig) -> dict:
     }
 
 
+def _as_stored(settings) -> dict:
+    """A settings dataclass as JSON stores it (tuples become lists), to compare with a file's."""
+    return json.loads(json.dumps(asdict(settings)))
+
+
 def _settings(cfg: SynthConfig) -> dict:
     """What decides the images, but not which of them or how fast."""
-    settings = asdict(cfg)
+    settings = _as_stored(cfg)
     for key in ("out_dir", "workers", "num", "start"):
         settings.pop(key)
-    # As JSON stores them (tuples become lists), to compare with a file's.
-    return json.loads(json.dumps(settings))
+    return settings
 
 
 def merge_coco(existing: dict, new: dict) -> dict:
@@ -194,8 +198,7 @@ def merge_coco(existing: dict, new: dict) -> dict:
     existing_settings = {k: v for k, v in existing["info"]["settings"].items() if k not in ("num", "start")}
     if "scene" in existing_settings:
         # A scene field added after the dataset was made took its default there.
-        defaults = json.loads(json.dumps(asdict(SceneSettings())))
-        existing_settings["scene"] = {**defaults, **existing_settings["scene"]}
+        existing_settings["scene"] = {**_as_stored(SceneSettings()), **existing_settings["scene"]}
     if existing_settings != new["info"]["settings"]:
         raise ValueError("the dataset in OUT_DIR was made with other settings; extend it with the same ones")
     ids = {im["id"] for im in existing["images"]}
