@@ -15,8 +15,8 @@ import pytest
 
 from model.keypoints import COCO17
 from training.annotations import load_coco
-from training.label import LabelConfig, agree, joint_similarity, main
-from training.teachers import TEACHER_FILES, default_models_dir
+from training.label import LabelConfig, agree, drop_duplicates, joint_similarity, main
+from training.teachers import TEACHER_FILES, Person, default_models_dir
 
 MODELS = default_models_dir()
 needs_teachers = pytest.mark.skipif(
@@ -65,6 +65,32 @@ def test_joint_similarity_is_the_oks_term():
     sim = joint_similarity(a, b, area=100.0**2)
     k = 2 * np.asarray(COCO17.sigmas)
     np.testing.assert_allclose(sim, np.exp(-100.0 / (2 * 100.0**2 * k**2)))
+
+
+def _person(bbox, keypoints, labelled, score=0.9) -> Person:
+    return Person(np.asarray(bbox, float), score, keypoints, np.where(labelled, 0.8, 0.0))
+
+
+def test_a_person_boxed_twice_is_labelled_once_and_neighbours_stay():
+    rng = np.random.default_rng(1)
+    body = rng.uniform([100, 100], [200, 400], (17, 2))
+    body[:5] = rng.uniform([130, 100], [170, 140], (5, 2))  # face joints near the top
+    whole = _person([90, 90, 210, 410], body, np.ones(17, bool))
+    # MultiPose's second box around the same head and shoulders: its few joints sit on the first's
+    head_only = np.zeros(17, bool)
+    head_only[:7] = True
+    head = _person([120, 90, 210, 200], body + 1.0, head_only, score=0.95)
+    # someone half behind the first: one joint shared by both labels, the others elsewhere
+    other_pts = body + rng.uniform(30, 60, (17, 2))
+    other_pts[0] = body[0]
+    other = _person([110, 100, 200, 380], other_pts, np.ones(17, bool))
+
+    kept = drop_duplicates([head, whole, other], min_similarity=0.5)
+    assert kept == [whole, other]  # the one with more joints stays, in the order found
+    assert drop_duplicates([whole, other], 0.5) == [whole, other]
+    # the same head box far from the first person is a person of its own
+    far = _person([420, 90, 510, 200], body + [300.0, 0.0], head_only)
+    assert drop_duplicates([whole, far], 0.5) == [whole, far]
 
 
 def _astronaut() -> np.ndarray:
