@@ -2,11 +2,15 @@
 # A small set of real photographs for EVALUATION ONLY, from registry packages, labelled by the teachers:
 #   scripts/photo_eval_data.sh [DATA_DIR]        (default data/; needs the label extra and ../shared/models)
 #
-#   DATA_DIR/photos_src/  13 photos: ultralytics' bus.jpg and zidane.jpg (PyPI ultralytics 8.4.190), insightface's
-#                         t1.jpg (PyPI insightface 2.1, sdist), scikit-image's astronaut.png (0.26.0), matplotlib's
-#                         grace_hopper.jpg (3.11.2), and from Debian's opencv-doc 4.6.0 messi5.jpg, basketball1.png,
-#                         left06.jpg, scenetext01.jpg and four tutorial photos (two portraits, two men in a glider,
-#                         a roadside seen from a bus)
+#   DATA_DIR/photos_src/  18 photos: ultralytics' bus.jpg and zidane.jpg (PyPI ultralytics 8.4.190), insightface's
+#                         t1.jpg (PyPI insightface 2.1, sdist), scikit-image's astronaut.png and camera.png (0.26.0),
+#                         matplotlib's grace_hopper.jpg (3.11.2), face_recognition's biden.jpg, obama.jpg, obama2.jpg
+#                         and obama3.jpg (PyPI face_recognition 1.3.0, sdist, MIT; White House photographs), and from
+#                         Debian's opencv-doc 4.6.0 messi5.jpg, basketball1.png, left06.jpg, scenetext01.jpg and four
+#                         tutorial photos (two portraits, two men in a glider, a roadside seen from a bus)
+#   DATA_DIR/outdoor/     a second held-out real video, unlike the training footage: sports2d's Demo/demo.mp4
+#                         (PyPI sports2d 0.8.34, sdist, BSD-3-Clause; two people walking and jumping in a park,
+#                         backlit), every 10th frame labelled, split val
 #   DATA_DIR/photos/      hevitpose label output, split val: the joints the teachers agree on; splits val_whole and
 #                         val_upper: the people with a labelled hip, knee or ankle, and those without (portraits,
 #                         half-length), for `hevitpose eval ... data.val_ann=annotations/person_keypoints_val_whole.json`
@@ -24,15 +28,21 @@ src="$data/photos_src"
 dl="$data/photos_download"
 mkdir -p "$src" "$dl"
 
-if [ ! -f "$src/zidane.jpg" ]; then
+if [ ! -f "$src/obama3.jpg" ] || [ ! -f "$dl/demo.mp4" ]; then
   ( cd "$dl"
     "$OLDPWD/$py" -m pip download -q --no-deps ultralytics==8.4.190 scikit-image==0.26.0 matplotlib==3.11.2 -d .
-    "$OLDPWD/$py" -m pip download -q --no-deps --no-binary :all: insightface==2.1 -d .
+    # sdists: the test images and the demo video are not in the wheels
+    "$OLDPWD/$py" -m pip download -q --no-deps --no-binary :all: insightface==2.1 \
+      face_recognition==1.3.0 sports2d==0.8.34 -d .
     [ -f opencv-doc_4.6.0+dfsg-12_all.deb ] || apt-get download opencv-doc=4.6.0+dfsg-12 )
   unzip -o -q -j "$dl"/ultralytics-*.whl 'ultralytics/assets/bus.jpg' 'ultralytics/assets/zidane.jpg' -d "$src"
-  unzip -o -q -j "$dl"/scikit_image-*.whl 'skimage/data/astronaut.png' -d "$src"
+  unzip -o -q -j "$dl"/scikit_image-*.whl 'skimage/data/astronaut.png' 'skimage/data/camera.png' -d "$src"
   unzip -o -q -j "$dl"/matplotlib-*.whl 'matplotlib/mpl-data/sample_data/grace_hopper.jpg' -d "$src"
   tar -xzf "$dl"/insightface-2.1.tar.gz -O insightface-2.1/insightface/data/images/t1.jpg > "$src/t1.jpg"
+  for f in biden obama obama2 obama3; do
+    tar -xzf "$dl"/face_recognition-1.3.0.tar.gz -O "face_recognition-1.3.0/tests/test_images/$f.jpg" > "$src/$f.jpg"
+  done
+  tar -xzf "$dl"/sports2d-0.8.34.tar.gz -O sports2d-0.8.34/Sports2D/Demo/demo.mp4 > "$dl/demo.mp4"
   doc=./usr/share/doc/opencv-doc
   for f in examples/data/messi5.jpg examples/data/basketball1.png examples/data/left06.jpg \
     examples/text/scenetext01.jpg opencv4/html/227943776_1.jpg opencv4/html/230501201_1.jpg \
@@ -43,6 +53,8 @@ fi
 
 [ -f "$data/photos/annotations/person_keypoints_val.json" ] || .venv/bin/hevitpose label "$src" "$data/photos" \
   --split val --max-side 960 --multipose-size 640 --threads 1 --no-progress --dedup 0
+[ -f "$data/outdoor/annotations/person_keypoints_val.json" ] || .venv/bin/hevitpose label "$dl/demo.mp4" \
+  "$data/outdoor" --split val --every-n 10 --max-side 960 --multipose-size 640 --threads 1 --no-progress
 "$py" - "$data/photos" <<'EOF'
 import json, os, sys
 root = sys.argv[1]
@@ -55,4 +67,4 @@ for split, whole in (("val_whole", True), ("val_upper", False)):
     if not os.path.lexists(f"{root}/images/{split}"):
         os.symlink("val", f"{root}/images/{split}")
 EOF
-echo "evaluation photos ready in $data/photos (split val); never train on them"
+echo "evaluation photos ready in $data/photos and $data/outdoor (split val); never train on them"
