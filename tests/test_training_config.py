@@ -114,11 +114,15 @@ def test_the_default_stages_are_their_predecessors_with_a_few_values_changed():
     for again, first in ((ft12, ft11), (ft12b, ft11b)):  # the eleventh stage once more
         assert all(getattr(again, part) == getattr(first, part) for part in ("data", "augment", "codec", "optim"))
     assert ft12b.model.init_from == "runs/hevitpose_t_default_ft12/last.pt" and ft12b.run.threads == 1
+    ft13, ft13b = (load_config(CONFIGS / f"hevitpose_t_default_{n}.yaml") for n in ("ft13", "ft13b"))
+    for again, first in ((ft13, ft11), (ft13b, ft11b)):  # and a third time
+        assert all(getattr(again, part) == getattr(first, part) for part in ("data", "augment", "codec", "optim"))
+    assert ft13b.model.init_from == "runs/hevitpose_t_default_ft13/last.pt" and ft13b.run.threads == 1
 
 
 def test_the_shipped_bundle_decodes_with_the_codec_its_recipe_trained():
     meta = load_meta(CONFIGS.parent / "weights" / "hevitpose-t-default.json")
-    assert meta.codec == codec_from_config(load_config(CONFIGS / "hevitpose_t_default_ft12b.yaml"))
+    assert meta.codec == codec_from_config(load_config(CONFIGS / "hevitpose_t_default_ft13b.yaml"))
 
 
 def test_lr_schedule_is_mmcv_step_with_linear_warmup():

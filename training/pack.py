@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 
 SPLITS = ("train", "val")
-# The shipped stage's data (configs/hevitpose_t_default_ft12.yaml, which configs/hevitpose_default_gpu.yaml
+# The shipped stage's data (configs/hevitpose_t_default_ft13.yaml, which configs/hevitpose_default_gpu.yaml
 # follows): re-labelled footage, its occluders (with their labels, from which the composites are made
 # again), photo-preset renders, the pose-rich ones and the portraits, the budget split evenly as the recipe
 # repeats each once per epoch. The hard-preset renders (``synth``) left the CPU recipe at its sixth stage.
