@@ -195,8 +195,7 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
     """Share of box ``a`` covered by box ``b``."""
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    area = max((a[2] - a[0]) * (a[3] - a[1]), 1e-9)
-    return iw * ih / area
+    return iw * ih / max(_area(a), 1e-9)
 
 
 def drop_duplicates(people: list[Person], min_similarity: float) -> list[Person]:
@@ -213,20 +212,17 @@ def drop_duplicates(people: list[Person], min_similarity: float) -> list[Person]
     order = sorted(range(len(people)), key=lambda i: (-n_labelled[i], -people[i].score))
     kept: list[int] = []
     for i in order:
-        a = people[i]
-        duplicate = False
-        for k in kept:
-            b = people[k]
-            small, large = (a, b) if _area(a.bbox) <= _area(b.bbox) else (b, a)
-            shared = (a.keypoint_scores > 0) & (b.keypoint_scores > 0)
-            if shared.sum() < 2 or _overlap(small.bbox, large.bbox) < 0.7:
-                continue
-            if (joint_similarity(a.keypoints, b.keypoints, _area(small.bbox))[shared] >= min_similarity).all():
-                duplicate = True
-                break
-        if not duplicate:
+        if not any(_same_person(people[i], people[k], min_similarity) for k in kept):
             kept.append(i)
     return [people[i] for i in sorted(kept)]
+
+
+def _same_person(a: Person, b: Person, min_similarity: float) -> bool:
+    small, large = sorted((a, b), key=lambda p: _area(p.bbox))
+    shared = (a.keypoint_scores > 0) & (b.keypoint_scores > 0)
+    if shared.sum() < 2 or _overlap(small.bbox, large.bbox) < 0.7:
+        return False
+    return bool((joint_similarity(a.keypoints, b.keypoints, _area(small.bbox))[shared] >= min_similarity).all())
 
 
 def _area(bbox: np.ndarray) -> float:
@@ -260,7 +256,7 @@ class Labeller:
             for teacher in self.crop_teachers:
                 estimates[teacher.name] = teacher(rgb, person.bbox)
             x1, y1, x2, y2 = person.bbox
-            area = max((x2 - x1) * (y2 - y1), 1.0)
+            area = max(_area(person.bbox), 1.0)
             crowded = any(_overlap(person.bbox, other.bbox) > 0.1 for o, other in enumerate(found) if o != i)
             keypoints, scores, labelled = agree(estimates, area, self.cfg, anchor="multipose" if crowded else None)
             inside = (keypoints[:, 0] >= 0) & (keypoints[:, 0] < w) & (keypoints[:, 1] >= 0) & (keypoints[:, 1] < h)
