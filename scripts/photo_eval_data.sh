@@ -51,7 +51,18 @@ if [ ! -f "$src/obama3.jpg" ] || [ ! -f "$dl/demo.mp4" ]; then
   done
 fi
 
-[ -f "$data/photos/annotations/person_keypoints_val.json" ] || .venv/bin/hevitpose label "$src" "$data/photos" \
+# A set labelled from another list of photos (an earlier version of this script) is labelled again, not kept
+ann="$data/photos/annotations/person_keypoints_val.json"
+if [ -f "$ann" ] && ! "$py" - "$ann" "$src" <<'PY'
+import json, os, sys
+labelled = {os.path.basename(image["source"]) for image in json.load(open(sys.argv[1]))["images"]}
+sys.exit(labelled != set(os.listdir(sys.argv[2])))
+PY
+then
+  echo "$data/photos was labelled from other photos than $src holds: labelling it again"
+  rm -rf "$data/photos"
+fi
+[ -f "$ann" ] || .venv/bin/hevitpose label "$src" "$data/photos" \
   --split val --max-side 960 --multipose-size 640 --threads 1 --no-progress --dedup 0
 [ -f "$data/outdoor/annotations/person_keypoints_val.json" ] || .venv/bin/hevitpose label "$dl/demo.mp4" \
   "$data/outdoor" --split val --every-n 10 --max-side 960 --multipose-size 640 --threads 1 --no-progress
