@@ -189,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     evals = {"real_val": []}  # the held-out video, against the agreed teacher labels
     for name in report["render_images"]:  # each render set's held-out renders, exact labels
         evals[f"{name}_val"] = [f"data.root={data / name}"]
-    for split in report["photo_splits"]:  # real photos, evaluation only (scripts/photo_eval_data.sh)
-        evals[f"photos_{split}"] = [f"data.root={data / report['photos']}", "data.val_images=images/val",
-                                    f"data.val_ann=annotations/person_keypoints_{split}.json"]  # fmt: skip
+    for name, splits in report["eval_splits"].items():  # real photos and video, evaluation only (photo_eval_data.sh)
+        for split in splits:
+            evals[f"{name}_{split}"] = [f"data.root={data / name}", "data.val_images=images/val",
+                                        f"data.val_ann=annotations/person_keypoints_{split}.json"]  # fmt: skip
     for split, extra in evals.items():
         out_file = args.out / f"eval_{split}.json"
         eval_main([args.config, str(checkpoint), *train_overrides, *extra, "--out", str(out_file)])

@@ -97,6 +97,7 @@ def data_dir(tmp_path):
     val = json.loads((photos / "annotations/person_keypoints_val.json").read_text())
     whole = {**val, "annotations": val["annotations"][:1]}  # a part of the set, as photo_eval_data.sh writes
     (photos / "annotations/person_keypoints_val_whole.json").write_text(json.dumps(whole))
+    make_coco(data / "outdoor", n_train=1, n_val=1, size=96, names=("train", "val"), seed=4)
     return data
 
 
@@ -115,8 +116,9 @@ def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path)
         manifest["occluder_images"] == 4 and manifest["occluders_available"] == 6 and manifest["occluder_labels"] == 4
     )
     assert manifest["real_train_images"] == 3 and manifest["real_val_images"] == 1 and manifest["real_videos"] == 1
-    assert manifest["photos"] == "photos" and manifest["photos_val_images"] == 2  # val only: never a training set
-    assert not (pack / "photos/images/train").exists()
+    assert manifest["eval_sets"] == ["photos", "outdoor"]  # val only: never a training set
+    assert manifest["photos_val_images"] == 2 and manifest["outdoor_val_images"] == 1
+    assert not (pack / "photos/images/train").exists() and not (pack / "outdoor/images/train").exists()
     assert (pack / "real2/videos/clip.avi").is_file() and not any((pack / "real2").rglob("*.jpg"))
     assert not any(pack.rglob("*.png")) and len(list((pack / "real2/occluders").glob("*.webp"))) == 4
     with pytest.raises(FileExistsError):
@@ -125,10 +127,11 @@ def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path)
     out = tmp_path / "unpacked"
     report = read_pack(pack, out, workers=2)
     assert report == {"real": "real2", "real_frames": 4, "videos": 1, "render_images": dict.fromkeys(NAMES, 8),
-                      "occluder_dir": "occluders", "occluder_images": 4, "occluder_labels": 4, "photos": "photos",
-                      "photo_splits": ["val", "val_whole"]}  # fmt: skip
-    for original in (data_dir / "photos/images/val").iterdir():
-        assert (out / "photos/images/val" / original.name).read_bytes() == original.read_bytes()
+                      "occluder_dir": "occluders", "occluder_images": 4, "occluder_labels": 4,
+                      "eval_splits": {"photos": ["val", "val_whole"], "outdoor": ["val"]}}  # fmt: skip
+    for name in ("photos", "outdoor"):
+        for original in (data_dir / name / "images/val").iterdir():
+            assert (out / name / "images/val" / original.name).read_bytes() == original.read_bytes()
     for name in ("person_keypoints_val.json", "person_keypoints_val_whole.json"):
         assert json.loads((out / "photos/annotations" / name).read_text()) == json.loads(
             (data_dir / "photos/annotations" / name).read_text()
@@ -154,6 +157,11 @@ def test_pack_round_trip_gives_the_labelled_frames_bit_exact(data_dir, tmp_path)
         assert back.shape == original.shape and (back[..., 3] == original[..., 3]).all()
         shown = original[..., 3] > 0
         assert np.abs(back[..., :3].astype(int) - original[..., :3])[shown].mean() < 8
+
+    # a pack of the sixth session named its one evaluation set "photos"
+    old = {k: v for k, v in json.loads((pack / "manifest.json").read_text()).items() if k != "eval_sets"}
+    (pack / "manifest.json").write_text(json.dumps({**old, "photos": "photos"}))
+    assert read_pack(pack, tmp_path / "unpacked_old", workers=1)["eval_splits"] == {"photos": ["val", "val_whole"]}
 
 
 def test_pack_splits_the_render_budget_by_weight(data_dir, tmp_path):
@@ -211,14 +219,14 @@ def test_gpu_run_smoke_trains_evaluates_and_exports_on_cpu(data_dir, tmp_path):
     timings = json.loads((out / "timings.json").read_text())
     assert list(timings) == ["start", "unpacked", "composited", "probe hevitpose-t", "plan", "trained", "exported",
                              "eval real_val", *(f"eval {name}_val" for name in NAMES), "eval photos_val",
-                             "eval photos_val_whole", "done"]  # fmt: skip
+                             "eval photos_val_whole", "eval outdoor_val", "done"]  # fmt: skip
     assert timings["composited"]["cutouts"] == 4 and timings["composited"]["images"] > 0
     assert timings["plan"]["model"] == "hevitpose-t" and timings["trained"]["step"] == 3
     assert timings["unpacked"]["real"] == "real2" and timings["plan"]["occluders"] == 4  # the recipe read the pack's
     assert (out / "weights/hevitpose-t-default-gpu.safetensors").is_file()
     meta = json.loads((out / "weights/hevitpose-t-default-gpu.json").read_text())
     assert meta["model"] == "hevitpose-t"
-    for split in ("real_val", *(f"{name}_val" for name in NAMES), "photos_val", "photos_val_whole"):
+    for split in ("real_val", *(f"{name}_val" for name in NAMES), "photos_val", "photos_val_whole", "outdoor_val"):
         assert "AP" in json.loads((out / f"eval_{split}.json").read_text())["metrics"]
     assert json.loads((out / "eval_photos_val_whole.json").read_text())["people"] == 1
     assert (out / "metrics.jsonl").is_file()

@@ -4,7 +4,8 @@ The GPU machine receives only the working tree (64 MiB in all), so the data trav
 the labelled real footage as the videos themselves plus their label JSON (frames are decoded
 again there, bit-exact, by frame index), a sample of the occluder cutouts (with their entries of
 ``cutouts.json``, from which ``scripts/gpu_run.py`` composes ``hevitpose composite``'s images
-there), the real photos kept for evaluation (where ``data/photos`` exists) and the renders as WebP,
+there), the real sets kept for evaluation (``data/photos`` and ``data/outdoor``, where they exist) and the
+renders as WebP,
 and every label file gzipped. ``read_pack`` rebuilds the folders
 the recipes read: the real set (``data.root``, e.g. ``real2/``) with its occluders
 (``augment.occluder_dir``, e.g. ``real2/occluders/``), and each render set beside it
@@ -43,9 +44,10 @@ OCCLUDERS = "occluders"
 # lossless and 23 kB as PNG, colour off by 3/255 where it shows, and lower qualities save under 10%.
 OCCLUDER_COUNT = 1000
 OCCLUDER_QUALITY = 75
-# Real photos for evaluation only (scripts/photo_eval_data.sh: split val and its parts val_*), packed
-# as they are (1.3 MB), so that a run on the GPU machine reports real-photo AP too; no recipe trains on them.
-PHOTOS = "photos"
+# Real sets for evaluation only (scripts/photo_eval_data.sh: split val and its parts val_*), packed as
+# they are (the 18 photos 1.3 MB, the outdoor video's 21 frames 3.5 MB), so that a run on the GPU machine
+# reports AP on people no training set holds; no recipe trains on them.
+EVAL_SETS = ("photos", "outdoor")
 
 
 def _size(path: Path) -> int:
@@ -89,19 +91,19 @@ def _write_real(data: Path, pack: Path, real: str) -> dict:
     return counts
 
 
-def _write_photos(data: Path, pack: Path, photos: str) -> dict:
-    """``data/<photos>``'s val images and every ``person_keypoints_val*.json``, or nothing where it is absent."""
-    src = data / photos
+def _write_eval_set(data: Path, pack: Path, name: str) -> dict:
+    """``data/<name>``'s val images and every ``person_keypoints_val*.json``, or nothing where it is absent."""
+    src = data / name
     if not (src / "annotations/person_keypoints_val.json").is_file():
         return {}
-    (pack / photos / "annotations").mkdir(parents=True)
+    (pack / name / "annotations").mkdir(parents=True)
     for ann in sorted((src / "annotations").glob("person_keypoints_val*.json")):
-        _write_json(pack / photos / "annotations" / ann.name, json.loads(ann.read_text()))
+        _write_json(pack / name / "annotations" / ann.name, json.loads(ann.read_text()))
     coco = json.loads((src / "annotations/person_keypoints_val.json").read_text())
-    (pack / photos / "images/val").mkdir(parents=True)
+    (pack / name / "images/val").mkdir(parents=True)
     for image in coco["images"]:
-        shutil.copyfile(src / "images/val" / image["file_name"], pack / photos / "images/val" / image["file_name"])
-    return {"photos_val_images": len(coco["images"]), "photos_val_people": len(coco["annotations"])}
+        shutil.copyfile(src / "images/val" / image["file_name"], pack / name / "images/val" / image["file_name"])
+    return {f"{name}_val_images": len(coco["images"]), f"{name}_val_people": len(coco["annotations"])}
 
 
 def _write_occluders(src: Path, dst: Path, count: int, quality: int) -> dict:
@@ -177,12 +179,12 @@ def write_pack(
     occluders: str = OCCLUDERS,
     occluder_count: int = OCCLUDER_COUNT,
     occluder_quality: int = OCCLUDER_QUALITY,
-    photos: str = PHOTOS,
+    eval_sets: tuple[str, ...] = EVAL_SETS,
 ) -> dict:
     """``data/<real>`` (hevitpose label output, frames from videos), its occluders and renders into ``pack``.
 
-    The real set, the occluder sample and the evaluation photos (``data/<photos>``, where there are
-    any) go in whole; each render set then puts in its first
+    The real set, the occluder sample and the evaluation sets (``data/<eval_sets>``, those that exist)
+    go in whole; each render set then puts in its first
     ``synth_val_images`` validation renders (a fixed small evaluation split); the budget left is
     split between the render sets' training renders by their weights, in order, a set that runs
     out of renders handing the rest of its share to the sets after it. ``occluders`` is relative
@@ -195,13 +197,18 @@ def write_pack(
     counts = _write_real(data, pack, real)
     if occluders:
         counts |= _write_occluders(data / real / occluders, pack / real / occluders, occluder_count, occluder_quality)
-    photo_counts = _write_photos(data, pack, photos)
-    counts |= photo_counts
+    packed_eval_sets = []
+    for name in eval_sets:
+        if eval_counts := _write_eval_set(data, pack, name):
+            counts |= eval_counts
+            packed_eval_sets.append(name)
     budget = budget_mb * 2**20 - _size(pack)
     for name, _ in renders:
         budget -= _write_renders(data, pack, name, "val", budget, synth_val_images, webp_quality)
     if budget <= 0:
-        raise ValueError(f"the real set, occluders, photos and validation renders alone exceed {budget_mb} MiB")
+        raise ValueError(
+            f"the real set, occluders, evaluation sets and validation renders alone exceed {budget_mb} MiB"
+        )
     weights = [weight for _, weight in renders]
     for i, (name, weight) in enumerate(renders):
         share = budget * weight / sum(weights[i:])
@@ -212,7 +219,7 @@ def write_pack(
             counts[f"{name}_{split}_images"] = len(coco["images"])
             counts[f"{name}_{split}_people"] = len(coco["annotations"])
     layout = {"real": real, "renders": [name for name, _ in renders], "occluder_dir": occluders,
-              "photos": photos if photo_counts else ""}  # fmt: skip
+              "eval_sets": packed_eval_sets}  # fmt: skip
     manifest = {"bytes": _size(pack), "webp_quality": webp_quality, "occluder_quality": occluder_quality,
                 **layout, "render_weights": weights, **counts}  # fmt: skip
     (pack / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -257,7 +264,8 @@ def read_pack(pack: Path, out: Path, workers: int = 0) -> dict:
     real = manifest.get("real", "real")
     renders = manifest.get("renders", ["synth"])
     occluders = manifest.get("occluder_dir", "")
-    photos = manifest.get("photos", "")
+    # packs of the sixth session named one evaluation set, "photos" (or "" for none)
+    eval_sets = manifest.get("eval_sets", [name for name in [manifest.get("photos", "")] if name])
     jobs: dict[str, list[tuple[int, str, int, int]]] = {}
     for split in SPLITS:
         coco = _read_json(pack / real / f"annotations/person_keypoints_{split}.json")
@@ -293,14 +301,15 @@ def read_pack(pack: Path, out: Path, workers: int = 0) -> dict:
             coco = _read_json(pack / name / f"annotations/person_keypoints_{split}.json")
             (out / name / f"annotations/person_keypoints_{split}.json").write_text(json.dumps(coco))
         render_images[name] = sum(1 for _ in (out / name / "images").rglob("*.webp"))
-    photo_splits = []
-    if photos:
-        shutil.copytree(pack / photos / "images", out / photos / "images", dirs_exist_ok=True)
-        (out / photos / "annotations").mkdir(parents=True, exist_ok=True)
-        for gz in sorted((pack / photos / "annotations").glob("*.json.gz")):
+    eval_splits = {}
+    for name in eval_sets:
+        shutil.copytree(pack / name / "images", out / name / "images", dirs_exist_ok=True)
+        (out / name / "annotations").mkdir(parents=True, exist_ok=True)
+        eval_splits[name] = []
+        for gz in sorted((pack / name / "annotations").glob("*.json.gz")):
             ann = gz.with_suffix("")  # person_keypoints_<split>.json, as _write_json was given it
-            (out / photos / "annotations" / ann.name).write_text(json.dumps(_read_json(ann)))
-            photo_splits.append(ann.stem.removeprefix("person_keypoints_"))
+            (out / name / "annotations" / ann.name).write_text(json.dumps(_read_json(ann)))
+            eval_splits[name].append(ann.stem.removeprefix("person_keypoints_"))
     return {
         "real": real,
         "real_frames": frames,
@@ -309,8 +318,7 @@ def read_pack(pack: Path, out: Path, workers: int = 0) -> dict:
         "occluder_dir": occluders,
         "occluder_images": n_occluders,
         "occluder_labels": labelled,
-        "photos": photos,
-        "photo_splits": photo_splits,
+        "eval_splits": eval_splits,
     }
 
 
@@ -330,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--occluders", default=OCCLUDERS, help="cutouts, a folder of the real set ('' for none)")
     w.add_argument("--occluder-count", type=int, default=OCCLUDER_COUNT)
     w.add_argument("--occluder-quality", type=int, default=OCCLUDER_QUALITY, help="WebP quality; over 100 is lossless")
-    w.add_argument("--photos", default=PHOTOS, help="real photos for evaluation only, a folder of DATA ('' for none)")
+    w.add_argument("--eval-sets", nargs="*", default=list(EVAL_SETS),
+                   help="real sets for evaluation only, folders of DATA (split val), packed where present")  # fmt: skip
     r = sub.add_parser("read", help="pack -> data folder")
     r.add_argument("pack", type=Path)
     r.add_argument("out", type=Path)
@@ -339,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "write":
         renders = tuple((s.split(":")[0], float(s.split(":")[1]) if ":" in s else 1.0) for s in args.renders)
         report = write_pack(args.data, args.pack, args.budget_mb, args.webp_quality, args.val_images, args.real,
-                            renders, args.occluders, args.occluder_count, args.occluder_quality, args.photos)  # fmt: skip
+                            renders, args.occluders, args.occluder_count, args.occluder_quality, tuple(args.eval_sets))  # fmt: skip
     else:
         report = read_pack(args.pack, args.out, args.workers)
     print(json.dumps(report, indent=2))
