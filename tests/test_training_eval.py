@@ -6,7 +6,16 @@ import pytest
 from _training_data import MPII_MAT_NAMES, make_coco, make_mpii
 
 from model.keypoints import COCO17
-from training.evaluation import coco_keypoint_ap, coco_results, load_mpii_gt, mpii_pckh, oks_iou, oks_nms, rescore
+from training.evaluation import (
+    bootstrap_ap,
+    coco_keypoint_ap,
+    coco_results,
+    load_mpii_gt,
+    mpii_pckh,
+    oks_iou,
+    oks_nms,
+    rescore,
+)
 
 ANKLES, KNEES, WRISTS = (0, 5), (1, 4), (10, 15)
 
@@ -98,6 +107,36 @@ def test_coco_constructed_perturbation(tmp_path):
     m = coco_keypoint_ap(ann_file, results)
     assert math.isclose(m["AP"], 0.5) and m["AP50"] == 1.0 and m["AP75"] == 0.0
     assert math.isclose(m["AR"], 0.5)
+
+
+def _shifted(ann: dict, oks: float) -> dict:
+    """A result for ``ann`` whose keypoints all sit at the distance that gives OKS ``oks``."""
+    k = np.reshape(ann["keypoints"], (17, 3)).astype(float)
+    d = np.sqrt(-2 * math.log(oks) * ann["area"] * (2 * np.array(COCO17.sigmas)) ** 2)
+    angle = np.linspace(0, 2 * np.pi, 17, endpoint=False)
+    k[:, 0] += d * np.cos(angle)
+    k[:, 1] += d * np.sin(angle)
+    k[:, 2] = 1
+    return {"image_id": ann["image_id"], "category_id": 1, "keypoints": k.ravel().tolist(), "score": 1.0}
+
+
+def test_bootstrap_resamples_images_and_pairs_the_runs(tmp_path):
+    ann_file, anns = _coco_gt(tmp_path)
+    perfect = [_shifted(a, 0.999) for a in anns]
+    first_image = anns[0]["image_id"]
+    # every person of the first image at OKS 0.72 (AP 0.5 there), the rest perfect
+    worse = [_shifted(a, 0.72 if a["image_id"] == first_image else 0.999) for a in anns]
+    aps = bootstrap_ap(ann_file, [perfect, worse], 200, seed=1)
+    assert aps.shape == (200, 2) and (aps[:, 0] == 1.0).all()
+    diff = aps[:, 0] - aps[:, 1]
+    # a resampling without the first image cannot tell the runs apart; one that draws it can
+    assert (diff >= 0).all() and (diff == 0).any() and (diff > 0).any()
+    full = coco_keypoint_ap(ann_file, worse)["AP"]
+    assert aps[:, 1].min() < full < 1.0 and aps[:, 1].min() >= 0.5
+    np.testing.assert_array_equal(aps, bootstrap_ap(ann_file, [perfect, worse], 200, seed=1))  # deterministic
+    # only the images asked for are drawn
+    only_first = bootstrap_ap(ann_file, [worse], 20, image_ids=[first_image])
+    assert np.allclose(only_first, 0.5)
 
 
 def test_rescoring_and_oks_nms():

@@ -86,6 +86,26 @@ def test_train_writes_checkpoints_logs_curves_and_exports(tmp_path, coco_root, c
     captured = capsys.readouterr()
     assert "blur_kernel" not in captured.err and json.loads(captured.out.strip().splitlines()[-1])["blur_kernel"] == 5
 
+    # predictions written as COCO results, and scored against themselves as a baseline: a difference of 0
+    preds = tmp_path / "preds.json"
+    assert eval_main([str(cfg), str(out / "last.pt"), "--no-flip-test", "--predictions", str(preds)]) == 0
+    val_images = json.loads((coco_root / "annotations/person_keypoints_val2017.json").read_text())["images"]
+    assert {r["image_id"] for r in json.loads(preds.read_text())} == {image["id"] for image in val_images}
+    capsys.readouterr()
+    args = [str(cfg), str(out / "last.pt"), "--no-flip-test", "--bootstrap", "30", "--baseline", str(preds)]
+    assert eval_main(args) == 0
+    boot = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bootstrap"]
+    assert boot["resamples"] == 30 and boot["AP_minus_baseline_interval_90"] == [0.0, 0.0]
+    assert boot["share_above_baseline"] == 0.0 and boot["AP_interval_90"][0] <= boot["AP_interval_90"][1]
+    # a baseline of another set's images, or not a results file: a clear error
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{**json.loads(preds.read_text())[0], "image_id": 999}]))
+    assert eval_main([str(cfg), str(out / "last.pt"), "--baseline", str(other)]) != 0
+    assert "does not hold" in capsys.readouterr().err
+    other.write_text("{not json")
+    assert eval_main([str(cfg), str(out / "last.pt"), "--baseline", str(other)]) != 0
+    assert "not a COCO results file" in capsys.readouterr().err
+
 
 def test_resume_continues_exactly(tmp_path, coco_root):
     """4 steps straight == 2 steps, stop, resume, 2 more (mid-epoch: 3 iterations per epoch)."""

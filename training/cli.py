@@ -107,13 +107,19 @@ def eval_main(argv: list[str]) -> int:
         "--decode", choices=["dark", "argmax"], default=None, help="default: the recipe's codec.decode_method (dark)"
     )
     parser.add_argument("--out", help="also write the metrics to this JSON file")
+    parser.add_argument("--predictions", help="COCO sets: also write the predictions as COCO results JSON")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                        help="COCO sets: a 90%% interval of AP from N resamplings of the images (0: none)")  # fmt: skip
+    parser.add_argument("--baseline", metavar="PREDICTIONS",
+                        help="COCO sets: another model's --predictions on this set; with --bootstrap, "
+                             "the interval of the AP difference on the same resamplings")  # fmt: skip
     args = parser.parse_intermixed_args(argv)
 
     from training.annotations import DatasetError
     from training.config import ConfigError
     from training.data import val_dataset
     from training.distributed import autocast_dtype, pick_device
-    from training.evaluation import evaluate
+    from training.evaluation import dataset_results, evaluate
     from training.predict import predict
 
     overrides = list(args.overrides)
@@ -132,6 +138,22 @@ def eval_main(argv: list[str]) -> int:
         dataset = val_dataset(cfg)
     except (ConfigError, DatasetError, FileNotFoundError) as exc:
         return _fail("eval", str(exc))
+    compare = args.predictions or args.bootstrap or args.baseline
+    if compare and cfg.data.dataset != "coco":
+        return _fail("eval", "--predictions, --bootstrap and --baseline score COCO keypoints; this set is MPII")
+    if args.bootstrap < 0:
+        return _fail("eval", f"--bootstrap takes a number of resamplings, not {args.bootstrap}")
+    baseline = None
+    if args.baseline:
+        try:
+            baseline = json.loads(Path(args.baseline).read_text())
+        except (OSError, ValueError) as exc:
+            return _fail("eval", f"--baseline {args.baseline}: not a COCO results file ({exc})")
+        set_images = {
+            image["id"] for image in json.loads((Path(cfg.data.root) / cfg.data.val_ann).read_text())["images"]
+        }
+        if not isinstance(baseline, list) or any(r.get("image_id") not in set_images for r in baseline):
+            return _fail("eval", f"--baseline {args.baseline}: predictions for images this set does not hold")
     kset = dataset.instances.keypoint_set
     out_channels = model(torch.zeros(1, 3, 64, 64)).shape[1]
     if out_channels != kset.num_keypoints:
@@ -155,12 +177,37 @@ def eval_main(argv: list[str]) -> int:
     report = {"checkpoint": str(args.checkpoint), "flip_test": cfg.eval.flip_test, "decode": cfg.codec.decode_method,
               "blur_kernel": cfg.codec.blur_kernel,
               "people": len(dataset), "skipped_unreadable": skipped, "metrics": metrics}  # fmt: skip
+    if compare:
+        results = dataset_results(cfg, dataset, pred)
+        if args.predictions:
+            Path(args.predictions).write_text(json.dumps(results))
+        if baseline is not None:
+            report["baseline"] = {"predictions": args.baseline}
+        if args.bootstrap:
+            report |= _bootstrap_report(cfg, dataset, results, baseline, args.bootstrap)
     if skipped:
         print(f"hevitpose eval: {skipped} people skipped: their image could not be read", file=sys.stderr)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))
     return 0
+
+
+def _bootstrap_report(cfg, dataset, results: list[dict], baseline: list[dict] | None, n: int) -> dict:
+    """90% intervals of AP (and of AP minus the baseline's, paired) over ``n`` resamplings of the set's images."""
+    import numpy as np
+
+    from training.evaluation import bootstrap_ap
+
+    ann = Path(cfg.data.root) / cfg.data.val_ann
+    runs = [results] if baseline is None else [results, baseline]
+    aps = bootstrap_ap(ann, runs, n, image_ids=dataset.instances.meta.get("image_ids"))
+    report = {"bootstrap": {"resamples": n, "AP_interval_90": np.percentile(aps[:, 0], [5, 95]).round(4).tolist()}}
+    if baseline is not None:
+        diff = aps[:, 0] - aps[:, 1]
+        report["bootstrap"] |= {"AP_minus_baseline_interval_90": np.percentile(diff, [5, 95]).round(4).tolist(),
+                                "share_above_baseline": round(float((diff > 0).mean()), 4)}  # fmt: skip
+    return report
 
 
 # --------------------------------------------------------------------------- export

@@ -166,6 +166,30 @@ def coco_results(
     return results
 
 
+def _coco_stats(gt: dict, results: list[dict], sigmas: np.ndarray | None, image_ids: list[int] | None) -> np.ndarray:
+    """pycocotools' ten keypoint stats of ``results`` against the COCO dict ``gt``."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return np.zeros(len(COCO_STATS))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = gt
+        coco.createIndex()
+        coco_dt = coco.loadRes(json.loads(json.dumps(results)))  # a copy: loadRes adds keys in place
+        evaluator = COCOeval(coco, coco_dt, "keypoints")
+        if sigmas is not None:
+            evaluator.params.kpt_oks_sigmas = np.asarray(sigmas)
+        evaluator.params.useSegm = None
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return np.asarray(evaluator.stats, dtype=float)
+
+
 def coco_keypoint_ap(
     ann_file: str | Path,
     results: list[dict],
@@ -176,51 +200,78 @@ def coco_keypoint_ap(
 
     ``image_ids`` restricts the evaluation to those images (a quick partial validation).
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    stats = _coco_stats(json.loads(Path(ann_file).read_text()), results, sigmas, image_ids)
+    return {name: float(v) for name, v in zip(COCO_STATS, stats)}
 
-    if not results:
-        return {name: 0.0 for name in COCO_STATS}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO(str(ann_file))
-        coco_dt = coco.loadRes(json.loads(json.dumps(results)))
-        evaluator = COCOeval(coco, coco_dt, "keypoints")
-        if sigmas is not None:
-            evaluator.params.kpt_oks_sigmas = np.asarray(sigmas)
-        evaluator.params.useSegm = None
-        if image_ids is not None:
-            evaluator.params.imgIds = sorted(image_ids)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {name: float(v) for name, v in zip(COCO_STATS, evaluator.stats)}
+
+def bootstrap_ap(
+    ann_file: str | Path,
+    runs: list[list[dict]],
+    resamples: int,
+    seed: int = 0,
+    sigmas: np.ndarray | None = None,
+    image_ids: list[int] | None = None,
+) -> np.ndarray:
+    """AP of each run's results on ``resamples`` resamplings of the images with replacement: (resamples, runs).
+
+    Every run is scored on the same resampled images, so the spread of a difference between two runs
+    is the paired one: on sets of a few dozen people the images' own difficulty dominates a single
+    run's interval, and largely cancels in the difference.
+    """
+    gt = json.loads(Path(ann_file).read_text())
+    ids = sorted(image_ids) if image_ids is not None else sorted(image["id"] for image in gt["images"])
+    images = {image["id"]: image for image in gt["images"]}
+    anns_of: dict[int, list[dict]] = {i: [] for i in ids}
+    for ann in gt["annotations"]:
+        anns_of.setdefault(ann["image_id"], []).append(ann)
+    dts_of = [{i: [] for i in ids} for _ in runs]
+    for run, dts in zip(runs, dts_of):
+        for dt in run:
+            dts.setdefault(dt["image_id"], []).append(dt)
+    rng = np.random.default_rng(seed)
+    aps = np.zeros((resamples, len(runs)))
+    for r in range(resamples):
+        # each drawn image becomes a new image, so an image drawn twice counts twice
+        picks = rng.choice(ids, size=len(ids), replace=True)
+        new_images, new_anns = [], []
+        for new_id, old_id in enumerate(picks, start=1):
+            new_images.append({**images[old_id], "id": new_id})
+            new_anns += [{**a, "id": len(new_anns) + k + 1, "image_id": new_id} for k, a in enumerate(anns_of[old_id])]
+        resampled = {**gt, "images": new_images, "annotations": new_anns}
+        for j, dts in enumerate(dts_of):
+            results = [{**d, "image_id": new_id} for new_id, old_id in enumerate(picks, start=1) for d in dts[old_id]]
+            aps[r, j] = _coco_stats(resampled, results, sigmas, None)[0]
+    return aps
 
 
 # --------------------------------------------------------------------------- the recipe's protocol
 
 
-def evaluate(cfg: TrainConfig, dataset: TopDownDataset, pred: dict[str, np.ndarray]) -> dict[str, float]:
-    """Metrics of predictions for every row of ``dataset`` (rows whose image failed are misses)."""
+def dataset_results(cfg: TrainConfig, dataset: TopDownDataset, pred: dict[str, np.ndarray]) -> list[dict]:
+    """COCO result dicts of predictions for a COCO-style ``dataset`` (rows whose image failed are left out)."""
     inst = dataset.instances
-    n, k = len(inst), inst.keypoint_set.num_keypoints
-    keypoints = np.zeros((n, k, 2))
-    scores = np.zeros((n, k))
-    valid = np.zeros(n, dtype=bool)
-    keypoints[pred["index"]] = pred["keypoints"]
-    scores[pred["index"]] = pred["scores"]
+    valid = np.zeros(len(inst), dtype=bool)
     valid[pred["index"]] = pred["valid"]
-    if cfg.data.dataset == "mpii":
-        return mpii_pckh(keypoints, load_mpii_gt(Path(cfg.data.root) / cfg.data.mpii_gt))
-    results = coco_results(
+    rows = np.zeros(len(inst), dtype=int)
+    rows[pred["index"]] = np.arange(len(pred["index"]))
+    return coco_results(
         inst.image_ids[valid],
-        keypoints[valid],
-        scores[valid],
+        pred["keypoints"][rows[valid]],
+        pred["scores"][rows[valid]],
         inst.bbox_scores[valid],
         np.prod(inst.scales[valid], axis=1),
         use_nms=cfg.eval.use_nms,
         oks_thr=cfg.eval.oks_thr,
         vis_thr=cfg.eval.vis_thr,
     )
+
+
+def evaluate(cfg: TrainConfig, dataset: TopDownDataset, pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """Metrics of predictions for every row of ``dataset`` (rows whose image failed are misses)."""
+    if cfg.data.dataset == "mpii":
+        inst = dataset.instances
+        keypoints = np.zeros((len(inst), inst.keypoint_set.num_keypoints, 2))
+        keypoints[pred["index"]] = pred["keypoints"]
+        return mpii_pckh(keypoints, load_mpii_gt(Path(cfg.data.root) / cfg.data.mpii_gt))
     ann = Path(cfg.data.root) / cfg.data.val_ann
-    image_ids = inst.meta.get("image_ids")
-    return coco_keypoint_ap(ann, results, image_ids=image_ids)
+    return coco_keypoint_ap(ann, dataset_results(cfg, dataset, pred), image_ids=dataset.instances.meta.get("image_ids"))
