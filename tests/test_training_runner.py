@@ -94,7 +94,9 @@ def test_train_writes_checkpoints_logs_curves_and_exports(tmp_path, coco_root, c
     capsys.readouterr()
     args = [str(cfg), str(out / "last.pt"), "--no-flip-test", "--bootstrap", "30", "--baseline", str(preds)]
     assert eval_main(args) == 0
-    boot = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bootstrap"]
+    compared = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert compared["baseline"]["AP"] == compared["metrics"]["AP"]
+    boot = compared["bootstrap"]
     assert boot["resamples"] == 30 and boot["AP_minus_baseline_interval_90"] == [0.0, 0.0]
     assert boot["share_above_baseline"] == 0.0 and boot["AP_interval_90"][0] <= boot["AP_interval_90"][1]
     # a baseline of another set's images, or not a results file: a clear error

@@ -119,7 +119,7 @@ def eval_main(argv: list[str]) -> int:
     from training.config import ConfigError
     from training.data import val_dataset
     from training.distributed import autocast_dtype, pick_device
-    from training.evaluation import dataset_results, evaluate
+    from training.evaluation import coco_keypoint_ap, dataset_results, evaluate
     from training.predict import predict
 
     overrides = list(args.overrides)
@@ -182,7 +182,12 @@ def eval_main(argv: list[str]) -> int:
         if args.predictions:
             Path(args.predictions).write_text(json.dumps(results))
         if baseline is not None:
-            report["baseline"] = {"predictions": args.baseline}
+            image_ids = dataset.instances.meta.get("image_ids")
+            ann = Path(cfg.data.root) / cfg.data.val_ann
+            report["baseline"] = {
+                "predictions": args.baseline,
+                "AP": coco_keypoint_ap(ann, baseline, image_ids=image_ids)["AP"],
+            }
         if args.bootstrap:
             report |= _bootstrap_report(cfg, dataset, results, baseline, args.bootstrap)
     if skipped:
