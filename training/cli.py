@@ -143,15 +143,15 @@ def eval_main(argv: list[str]) -> int:
         return _fail("eval", "--predictions, --bootstrap and --baseline score COCO keypoints; this set is MPII")
     if args.bootstrap < 0:
         return _fail("eval", f"--bootstrap takes a number of resamplings, not {args.bootstrap}")
+    ann = Path(cfg.data.root) / cfg.data.val_ann
+    image_ids = dataset.instances.meta.get("image_ids")  # a partial validation's images, else None: all
     baseline = None
     if args.baseline:
         try:
             baseline = json.loads(Path(args.baseline).read_text())
         except (OSError, ValueError) as exc:
             return _fail("eval", f"--baseline {args.baseline}: not a COCO results file ({exc})")
-        set_images = {
-            image["id"] for image in json.loads((Path(cfg.data.root) / cfg.data.val_ann).read_text())["images"]
-        }
+        set_images = {image["id"] for image in json.loads(ann.read_text())["images"]}
         if not isinstance(baseline, list) or any(r.get("image_id") not in set_images for r in baseline):
             return _fail("eval", f"--baseline {args.baseline}: predictions for images this set does not hold")
     kset = dataset.instances.keypoint_set
@@ -182,14 +182,12 @@ def eval_main(argv: list[str]) -> int:
         if args.predictions:
             Path(args.predictions).write_text(json.dumps(results))
         if baseline is not None:
-            image_ids = dataset.instances.meta.get("image_ids")
-            ann = Path(cfg.data.root) / cfg.data.val_ann
             report["baseline"] = {
                 "predictions": args.baseline,
                 "AP": coco_keypoint_ap(ann, baseline, image_ids=image_ids)["AP"],
             }
         if args.bootstrap:
-            report |= _bootstrap_report(cfg, dataset, results, baseline, args.bootstrap)
+            report |= _bootstrap_report(ann, image_ids, results, baseline, args.bootstrap)
     if skipped:
         print(f"hevitpose eval: {skipped} people skipped: their image could not be read", file=sys.stderr)
     if args.out:
@@ -198,15 +196,16 @@ def eval_main(argv: list[str]) -> int:
     return 0
 
 
-def _bootstrap_report(cfg, dataset, results: list[dict], baseline: list[dict] | None, n: int) -> dict:
+def _bootstrap_report(
+    ann: Path, image_ids: list[int] | None, results: list[dict], baseline: list[dict] | None, n: int
+) -> dict:
     """90% intervals of AP (and of AP minus the baseline's, paired) over ``n`` resamplings of the set's images."""
     import numpy as np
 
     from training.evaluation import bootstrap_ap
 
-    ann = Path(cfg.data.root) / cfg.data.val_ann
     runs = [results] if baseline is None else [results, baseline]
-    aps = bootstrap_ap(ann, runs, n, image_ids=dataset.instances.meta.get("image_ids"))
+    aps = bootstrap_ap(ann, runs, n, image_ids=image_ids)
     report = {"bootstrap": {"resamples": n, "AP_interval_90": np.percentile(aps[:, 0], [5, 95]).round(4).tolist()}}
     if baseline is not None:
         diff = aps[:, 0] - aps[:, 1]
