@@ -26,7 +26,15 @@ from training.teachers import TEACHER_FILES, BlazePose, Thunder, default_models_
 CROP_TEACHERS = {"thunder": Thunder, "blazepose": BlazePose}
 
 
-def teacher_ap(root: Path, split: str, name: str, models_dir: Path, max_images: int = 0, threads: int = 0) -> dict:
+def teacher_ap(
+    root: Path,
+    split: str,
+    name: str,
+    models_dir: Path,
+    max_images: int = 0,
+    threads: int = 0,
+    oks_area: str = "area",
+) -> dict:
     ann_file = root / "annotations" / f"person_keypoints_{split}.json"
     coco = json.loads(ann_file.read_text())
     images = {img["id"]: img for img in coco["images"]}
@@ -53,8 +61,15 @@ def teacher_ap(root: Path, split: str, name: str, models_dir: Path, max_images: 
     results = coco_results(
         np.asarray(ids), np.asarray(kps), np.asarray(scores), np.ones(len(ids)), np.asarray(areas), use_nms=False
     )
-    metrics = coco_keypoint_ap(ann_file, results, image_ids=image_ids)
-    return {"teacher": name, "people": len(ids), "images": len(image_ids), "seconds": round(seconds, 1), **metrics}
+    metrics = coco_keypoint_ap(ann_file, results, image_ids=image_ids, area_field=oks_area)
+    return {
+        "teacher": name,
+        "oks_area": oks_area,
+        "people": len(ids),
+        "images": len(image_ids),
+        "seconds": round(seconds, 1),
+        **metrics,
+    }
 
 
 def main() -> int:
@@ -65,9 +80,12 @@ def main() -> int:
     parser.add_argument("--models-dir", type=Path, default=default_models_dir())
     parser.add_argument("--max-images", type=int, default=0, help="first N images only (0 = all)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--oks-area", choices=["area", "mask_area"], default="area", help="the field OKS scales by (hevitpose eval's)"
+    )
     args = parser.parse_args()
     for name in args.teachers:
-        report = teacher_ap(args.root, args.split, name, args.models_dir, args.max_images, args.threads)
+        report = teacher_ap(args.root, args.split, name, args.models_dir, args.max_images, args.threads, args.oks_area)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}))
     return 0
 

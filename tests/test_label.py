@@ -151,6 +151,13 @@ def test_label_a_video_writes_a_coco_dataset_that_training_reads(tmp_path, capsy
     assert main(args) == 2
     assert "already holds" in capsys.readouterr().err
 
+    # --mask-area: the same labels, and each person's mask area (COCO's meaning of area) beside the box's
+    assert main([str(video), str(out), "--split", "masked", "--mask-area", "--no-progress", "--threads", "1"]) == 0
+    masked = json.loads((out / "annotations/person_keypoints_masked.json").read_text())["annotations"]
+    assert [{k: v for k, v in ann.items() if k != "mask_area"} for ann in masked] == dataset["annotations"]
+    # the astronaut in a spacesuit fills much of her box, but not all of it
+    assert all(0.3 * ann["area"] < ann["mask_area"] < 0.95 * ann["area"] for ann in masked)
+
 
 @needs_teachers
 def test_label_errors_are_clear_and_leave_nothing_behind(tmp_path, capsys):
@@ -188,3 +195,5 @@ def test_label_errors_are_clear_and_leave_nothing_behind(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main([str(no_people), str(out), "--teachers", "thunder,blazepose"]) == 2
     assert "multipose teacher is required" in capsys.readouterr().err
+    assert main([str(no_people), str(out), "--teachers", "multipose,thunder", "--mask-area"]) == 2
+    assert "--mask-area needs the blazepose teacher" in capsys.readouterr().err

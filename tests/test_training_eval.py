@@ -139,6 +139,22 @@ def test_bootstrap_resamples_images_and_pairs_the_runs(tmp_path):
     assert np.allclose(only_first, 0.5)
 
 
+def test_oks_on_the_mask_area_is_stricter(tmp_path):
+    """The same predictions, OKS 0.72 on the box's area, scored on a mask of half that area: each
+    squared distance counts twice, OKS 0.72^2 = 0.52, a match at the threshold 0.50 only (AP 0.1)."""
+    ann_file, anns = _coco_gt(tmp_path)
+    results = [_shifted(a, 0.72) for a in anns]
+    gt = json.loads(ann_file.read_text())
+    masked = tmp_path / "masked.json"
+    masked.write_text(json.dumps({**gt, "annotations": [{**a, "mask_area": a["area"] / 2} for a in gt["annotations"]]}))
+    assert math.isclose(coco_keypoint_ap(masked, results)["AP"], 0.5)
+    assert math.isclose(coco_keypoint_ap(masked, results, area_field="mask_area")["AP"], 0.1)
+    assert np.allclose(bootstrap_ap(masked, [results], 5, area_field="mask_area"), 0.1)
+    # a set without the field says so, and which command writes it
+    with pytest.raises(ValueError, match=r"6 of 6 people have no 'mask_area' \(hevitpose label --mask-area"):
+        coco_keypoint_ap(ann_file, results, area_field="mask_area")
+
+
 def test_rescoring_and_oks_nms():
     scores = np.array([[0.9, 0.8, 0.1, 0.6], [0.1, 0.1, 0.1, 0.1]])
     # mean of the keypoints above 0.2, times the box score; none above -> 0

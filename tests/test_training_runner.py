@@ -108,6 +108,20 @@ def test_train_writes_checkpoints_logs_curves_and_exports(tmp_path, coco_root, c
     assert eval_main([str(cfg), str(out / "last.pt"), "--baseline", str(other)]) != 0
     assert "not a COCO results file" in capsys.readouterr().err
 
+    # OKS on the people's mask areas (hevitpose label --mask-area): stricter than on the box's area
+    val_ann = coco_root / "annotations/person_keypoints_val2017.json"
+    gt = json.loads(val_ann.read_text())
+    masked = tmp_path / "masked.json"
+    masked.write_text(json.dumps({**gt, "annotations": [{**a, "mask_area": a["area"] / 4} for a in gt["annotations"]]}))
+    args = [str(cfg), str(out / "last.pt"), "--no-flip-test", f"data.val_ann={masked}"]
+    assert eval_main([*args, "--oks-area", "mask_area", "--bootstrap", "5", "--baseline", str(preds)]) == 0
+    strict = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert strict["oks_area"] == "mask_area" and strict["baseline"]["AP"] == strict["metrics"]["AP"]
+    assert strict["metrics"]["AP"] <= report["metrics"]["AP"] and report["oks_area"] == "area"
+    # a set without them: a clear error before any prediction
+    assert eval_main([str(cfg), str(out / "last.pt"), "--oks-area", "mask_area"]) != 0
+    assert "have no 'mask_area'" in capsys.readouterr().err
+
 
 def test_resume_continues_exactly(tmp_path, coco_root):
     """4 steps straight == 2 steps, stop, resume, 2 more (mid-epoch: 3 iterations per epoch)."""

@@ -106,6 +106,11 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument(
         "--decode", choices=["dark", "argmax"], default=None, help="default: the recipe's codec.decode_method (dark)"
     )
+    parser.add_argument(
+        "--oks-area", choices=["area", "mask_area"], default=None,
+        help="COCO sets: the field OKS scales by (default: the recipe's eval.oks_area, area); mask_area: the "
+             "person's mask from hevitpose label --mask-area, as COCO's segmentation areas",
+    )  # fmt: skip
     parser.add_argument("--out", help="also write the metrics to this JSON file")
     parser.add_argument("--predictions", help="COCO sets: also write the predictions as COCO results JSON")
     parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
@@ -127,6 +132,8 @@ def eval_main(argv: list[str]) -> int:
         overrides.append(f"eval.flip_test={str(args.flip_test).lower()}")
     if args.decode:
         overrides.append(f"codec.decode_method={args.decode}")
+    if args.oks_area:
+        overrides.append(f"eval.oks_area={args.oks_area}")
     try:
         model, info = load_checkpoint_model(args.checkpoint)
         # A network scored on crops of another size or padding than it was trained on scores low for
@@ -175,7 +182,7 @@ def eval_main(argv: list[str]) -> int:
     metrics = evaluate(cfg, dataset, pred)
     skipped = int((~pred["valid"]).sum())
     report = {"checkpoint": str(args.checkpoint), "flip_test": cfg.eval.flip_test, "decode": cfg.codec.decode_method,
-              "blur_kernel": cfg.codec.blur_kernel,
+              "blur_kernel": cfg.codec.blur_kernel, "oks_area": cfg.eval.oks_area,
               "people": len(dataset), "skipped_unreadable": skipped, "metrics": metrics}  # fmt: skip
     if compare:
         results = dataset_results(cfg, dataset, pred)
@@ -184,10 +191,10 @@ def eval_main(argv: list[str]) -> int:
         if baseline is not None:
             report["baseline"] = {
                 "predictions": args.baseline,
-                "AP": coco_keypoint_ap(ann, baseline, image_ids=image_ids)["AP"],
+                "AP": coco_keypoint_ap(ann, baseline, image_ids=image_ids, area_field=cfg.eval.oks_area)["AP"],
             }
         if args.bootstrap:
-            report |= _bootstrap_report(ann, image_ids, results, baseline, args.bootstrap)
+            report |= _bootstrap_report(ann, image_ids, results, baseline, args.bootstrap, cfg.eval.oks_area)
     if skipped:
         print(f"hevitpose eval: {skipped} people skipped: their image could not be read", file=sys.stderr)
     if args.out:
@@ -197,7 +204,12 @@ def eval_main(argv: list[str]) -> int:
 
 
 def _bootstrap_report(
-    ann: Path, image_ids: list[int] | None, results: list[dict], baseline: list[dict] | None, n: int
+    ann: Path,
+    image_ids: list[int] | None,
+    results: list[dict],
+    baseline: list[dict] | None,
+    n: int,
+    area_field: str,
 ) -> dict:
     """90% intervals of AP (and of AP minus the baseline's, paired) over ``n`` resamplings of the set's images."""
     import numpy as np
@@ -205,7 +217,7 @@ def _bootstrap_report(
     from training.evaluation import bootstrap_ap
 
     runs = [results] if baseline is None else [results, baseline]
-    aps = bootstrap_ap(ann, runs, n, image_ids=image_ids)
+    aps = bootstrap_ap(ann, runs, n, image_ids=image_ids, area_field=area_field)
     report = {"bootstrap": {"resamples": n, "AP_interval_90": np.percentile(aps[:, 0], [5, 95]).round(4).tolist()}}
     if baseline is not None:
         diff = aps[:, 0] - aps[:, 1]

@@ -137,6 +137,9 @@ class EvalConfig:
     interval: int = 10  # epochs between validations; the last epoch is always validated
     batch_size: int = 64  # per process
     flip_test: bool = True
+    # COCO only: the annotation field OKS scales by. "area" as written (the box's, for hevitpose label's sets);
+    # "mask_area" (hevitpose label --mask-area): the person's mask, as COCO's segmentation areas, stricter.
+    oks_area: Literal["area", "mask_area"] = "area"
     # COCO only, MMPose's rescoring and OKS-NMS on detected boxes.
     use_nms: bool = True
     oks_thr: float = 0.9

@@ -26,7 +26,7 @@ from training.annotations import (
 from training.config import AugmentConfig, TrainConfig, codec_from_config
 from training.dataset import TopDownDataset
 from training.distill import TeacherBlend, TeacherHeatmaps
-from training.evaluation import load_mpii_gt
+from training.evaluation import load_gt, load_mpii_gt
 from training.occluders import OccluderBank
 
 
@@ -44,7 +44,13 @@ def load_val_instances(cfg: TrainConfig) -> Instances:
     if det is not None and not Path(det).is_absolute():
         det = str(_path(cfg, det))
     aspect = cfg.model.input_size[0] / cfg.model.input_size[1]
-    return load_coco(ann, images, aspect, cfg.codec.bbox_padding, det, d.det_bbox_thr, d.keypoint_score_weights)
+    instances = load_coco(ann, images, aspect, cfg.codec.bbox_padding, det, d.det_bbox_thr, d.keypoint_score_weights)
+    if cfg.eval.oks_area != "area":
+        try:  # a set without the field fails here, not after a training epoch or a whole prediction pass
+            load_gt(ann, cfg.eval.oks_area)
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None
+    return instances
 
 
 def load_train_instances(cfg: TrainConfig) -> tuple[Instances, TeacherHeatmaps | None]:

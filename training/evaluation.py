@@ -190,17 +190,33 @@ def _coco_stats(gt: dict, results: list[dict], sigmas: np.ndarray | None, image_
     return np.asarray(evaluator.stats, dtype=float)
 
 
+def load_gt(ann_file: str | Path, area_field: str = "area") -> dict:
+    """A COCO keypoints file whose ``area`` (what OKS scales by) is taken from ``area_field``."""
+    gt = json.loads(Path(ann_file).read_text())
+    if area_field != "area":
+        missing = sum(area_field not in ann for ann in gt["annotations"])
+        if missing:
+            raise ValueError(
+                f"{ann_file}: {missing} of {len(gt['annotations'])} people have no {area_field!r} "
+                "(hevitpose label --mask-area writes it)"
+            )
+        gt["annotations"] = [{**ann, "area": ann[area_field]} for ann in gt["annotations"]]
+    return gt
+
+
 def coco_keypoint_ap(
     ann_file: str | Path,
     results: list[dict],
     sigmas: np.ndarray | None = None,
     image_ids: list[int] | None = None,
+    area_field: str = "area",
 ) -> dict[str, float]:
     """pycocotools' COCOeval for keypoints; AP, AP50, AP75, APM, APL, AR, ... in [0, 1].
 
-    ``image_ids`` restricts the evaluation to those images (a quick partial validation).
+    ``image_ids`` restricts the evaluation to those images (a quick partial validation);
+    ``area_field`` names the annotation field OKS scales by (``load_gt``).
     """
-    stats = _coco_stats(json.loads(Path(ann_file).read_text()), results, sigmas, image_ids)
+    stats = _coco_stats(load_gt(ann_file, area_field), results, sigmas, image_ids)
     return {name: float(v) for name, v in zip(COCO_STATS, stats)}
 
 
@@ -211,6 +227,7 @@ def bootstrap_ap(
     seed: int = 0,
     sigmas: np.ndarray | None = None,
     image_ids: list[int] | None = None,
+    area_field: str = "area",
 ) -> np.ndarray:
     """AP of each run's results on ``resamples`` resamplings of the images with replacement: (resamples, runs).
 
@@ -218,7 +235,7 @@ def bootstrap_ap(
     is the paired one: on sets of a few dozen people the images' own difficulty dominates a single
     run's interval, and largely cancels in the difference.
     """
-    gt = json.loads(Path(ann_file).read_text())
+    gt = load_gt(ann_file, area_field)
     ids = sorted(image_ids) if image_ids is not None else sorted(image["id"] for image in gt["images"])
     images = {image["id"]: image for image in gt["images"]}
     anns_of: dict[int, list[dict]] = {i: [] for i in ids}
@@ -274,4 +291,7 @@ def evaluate(cfg: TrainConfig, dataset: TopDownDataset, pred: dict[str, np.ndarr
         keypoints[pred["index"]] = pred["keypoints"]
         return mpii_pckh(keypoints, load_mpii_gt(Path(cfg.data.root) / cfg.data.mpii_gt))
     ann = Path(cfg.data.root) / cfg.data.val_ann
-    return coco_keypoint_ap(ann, dataset_results(cfg, dataset, pred), image_ids=dataset.instances.meta.get("image_ids"))
+    results = dataset_results(cfg, dataset, pred)
+    return coco_keypoint_ap(
+        ann, results, image_ids=dataset.instances.meta.get("image_ids"), area_field=cfg.eval.oks_area
+    )
