@@ -58,7 +58,8 @@ renders=$!
 
 real="$data/real2"
 label=(.venv/bin/hevitpose label --max-side 960 --multipose-size 640 --threads 1 --no-progress)
-[ -f "$real/annotations/person_keypoints_val.json" ] || "${label[@]}" "$footage/val" "$real" --split val
+# the held-out video also records mask areas, for hevitpose eval --oks-area mask_area
+[ -f "$real/annotations/person_keypoints_val.json" ] || "${label[@]}" "$footage/val" "$real" --split val --mask-area
 [ -f "$real/annotations/person_keypoints_train.json" ] || "${label[@]}" "$footage/train" "$real" --split train
 # training occluders (augment.occluder_dir): people of the training split only
 [ -d "$real/occluders" ] || .venv/bin/hevitpose occluders "$real/annotations/person_keypoints_train.json" \
