@@ -91,6 +91,14 @@ def fine_tune_overrides(bundle: Path) -> tuple[str, list[str]]:
     ]  # fmt: skip
 
 
+def has_mask_areas(ann_file: Path | None) -> bool:
+    """Whether every person of a COCO file records ``mask_area`` (hevitpose label --mask-area)."""
+    if ann_file is None or not ann_file.is_file():
+        return False
+    annotations = json.loads(ann_file.read_text())["annotations"]
+    return bool(annotations) and all("mask_area" in ann for ann in annotations)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pack", type=Path, default=ROOT / "data/pack")
@@ -186,18 +194,24 @@ def main(argv: list[str] | None = None) -> int:
     export_main([str(checkpoint), str(args.out / "weights"), "--name", bundle_name, "--no-onnx"])
     timings.mark("exported", bundle=str(args.out / "weights" / bundle_name))
 
-    evals = {"real_val": []}  # the held-out video, against the agreed teacher labels
+    val_ann = load_config(args.config, train_overrides).data.val_ann
+    evals = {"real_val": ([], data / report["real"] / val_ann)}  # the held-out video, against the agreed labels
     for name in report["render_images"]:  # each render set's held-out renders, exact labels
-        evals[f"{name}_val"] = [f"data.root={data / name}"]
+        evals[f"{name}_val"] = ([f"data.root={data / name}"], None)
     for name, splits in report["eval_splits"].items():  # real photos and video, evaluation only (photo_eval_data.sh)
         for split in splits:
-            evals[f"{name}_{split}"] = [f"data.root={data / name}", "data.val_images=images/val",
-                                        f"data.val_ann=annotations/person_keypoints_{split}.json"]  # fmt: skip
-    for split, extra in evals.items():
-        out_file = args.out / f"eval_{split}.json"
-        eval_main([args.config, str(checkpoint), *train_overrides, *extra, "--out", str(out_file)])
-        metrics = json.loads(out_file.read_text())["metrics"]
-        timings.mark(f"eval {split}", AP=metrics.get("AP"), AP50=metrics.get("AP50"))
+            ann = f"annotations/person_keypoints_{split}.json"
+            evals[f"{name}_{split}"] = ([f"data.root={data / name}", "data.val_images=images/val",
+                                         f"data.val_ann={ann}"], data / name / ann)  # fmt: skip
+    for split, (extra, ann_file) in evals.items():
+        scorings = [("", [])]
+        if has_mask_areas(ann_file):  # a real set that records them is also scored as COCO scores
+            scorings.append(("_mask_area", ["--oks-area", "mask_area"]))
+        for suffix, oks in scorings:
+            out_file = args.out / f"eval_{split}{suffix}.json"
+            eval_main([args.config, str(checkpoint), *train_overrides, *extra, *oks, "--out", str(out_file)])
+            metrics = json.loads(out_file.read_text())["metrics"]
+            timings.mark(f"eval {split}{suffix}", AP=metrics.get("AP"), AP50=metrics.get("AP50"))
     timings.mark("done")
     return 0
 

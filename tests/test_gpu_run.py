@@ -97,7 +97,12 @@ def data_dir(tmp_path):
     val = json.loads((photos / "annotations/person_keypoints_val.json").read_text())
     whole = {**val, "annotations": val["annotations"][:1]}  # a part of the set, as photo_eval_data.sh writes
     (photos / "annotations/person_keypoints_val_whole.json").write_text(json.dumps(whole))
-    make_coco(data / "outdoor", n_train=1, n_val=1, size=96, names=("train", "val"), seed=4)
+    outdoor = make_coco(data / "outdoor", n_train=1, n_val=1, size=96, names=("train", "val"), seed=4)
+    ann = outdoor / "annotations/person_keypoints_val.json"
+    coco = json.loads(ann.read_text())  # mask areas, as photo_eval_data.sh records them: also scored as COCO scores
+    ann.write_text(
+        json.dumps({**coco, "annotations": [{**a, "mask_area": a["area"] / 2} for a in coco["annotations"]]})
+    )
     return data
 
 
@@ -219,7 +224,8 @@ def test_gpu_run_smoke_trains_evaluates_and_exports_on_cpu(data_dir, tmp_path):
     timings = json.loads((out / "timings.json").read_text())
     assert list(timings) == ["start", "unpacked", "composited", "probe hevitpose-t", "plan", "trained", "exported",
                              "eval real_val", *(f"eval {name}_val" for name in NAMES), "eval photos_val",
-                             "eval photos_val_whole", "eval outdoor_val", "done"]  # fmt: skip
+                             "eval photos_val_whole", "eval outdoor_val", "eval outdoor_val_mask_area",
+                             "done"]  # fmt: skip
     assert timings["composited"]["cutouts"] == 4 and timings["composited"]["images"] > 0
     assert timings["plan"]["model"] == "hevitpose-t" and timings["trained"]["step"] == 3
     assert timings["unpacked"]["real"] == "real2" and timings["plan"]["occluders"] == 4  # the recipe read the pack's
@@ -229,6 +235,7 @@ def test_gpu_run_smoke_trains_evaluates_and_exports_on_cpu(data_dir, tmp_path):
     for split in ("real_val", *(f"{name}_val" for name in NAMES), "photos_val", "photos_val_whole", "outdoor_val"):
         assert "AP" in json.loads((out / f"eval_{split}.json").read_text())["metrics"]
     assert json.loads((out / "eval_photos_val_whole.json").read_text())["people"] == 1
+    assert json.loads((out / "eval_outdoor_val_mask_area.json").read_text())["oks_area"] == "mask_area"
     assert (out / "metrics.jsonl").is_file()
 
 
