@@ -93,10 +93,15 @@ def fine_tune_overrides(bundle: Path) -> tuple[str, list[str]]:
 
 def has_mask_areas(ann_file: Path | None) -> bool:
     """Whether every person of a COCO file records ``mask_area`` (hevitpose label --mask-area)."""
+    from training.evaluation import load_gt
+
     if ann_file is None or not ann_file.is_file():
         return False
-    annotations = json.loads(ann_file.read_text())["annotations"]
-    return bool(annotations) and all("mask_area" in ann for ann in annotations)
+    try:
+        load_gt(ann_file, "mask_area")
+    except ValueError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     export_main([str(checkpoint), str(args.out / "weights"), "--name", bundle_name, "--no-onnx"])
     timings.mark("exported", bundle=str(args.out / "weights" / bundle_name))
 
-    val_ann = load_config(args.config, train_overrides).data.val_ann
-    evals = {"real_val": ([], data / report["real"] / val_ann)}  # the held-out video, against the agreed labels
+    evals = {
+        "real_val": ([], data / report["real"] / cfg.data.val_ann)
+    }  # the held-out video, against the agreed labels
     for name in report["render_images"]:  # each render set's held-out renders, exact labels
         evals[f"{name}_val"] = ([f"data.root={data / name}"], None)
     for name, splits in report["eval_splits"].items():  # real photos and video, evaluation only (photo_eval_data.sh)
