@@ -199,9 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     export_main([str(checkpoint), str(args.out / "weights"), "--name", bundle_name, "--no-onnx"])
     timings.mark("exported", bundle=str(args.out / "weights" / bundle_name))
 
-    evals = {
-        "real_val": ([], data / report["real"] / cfg.data.val_ann)
-    }  # the held-out video, against the agreed labels
+    # each eval: its overrides and its annotation file (None for renders, whose people record no mask areas)
+    evals = {"real_val": ([], data / report["real"] / cfg.data.val_ann)}  # the held-out video, agreed labels
     for name in report["render_images"]:  # each render set's held-out renders, exact labels
         evals[f"{name}_val"] = ([f"data.root={data / name}"], None)
     for name, splits in report["eval_splits"].items():  # real photos and video, evaluation only (photo_eval_data.sh)
