@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -148,18 +149,21 @@ def loader_throughput(dataset, workers: int, batch: int, duration: float) -> flo
     return samples / (time.perf_counter() - start)
 
 
-def step_throughput(
+def training_step(
     model_name: str,
     batch: int,
     device: torch.device,
-    duration: float,
     input_size: tuple[int, int] = (256, 256),
     autocast: torch.dtype | None = None,
-) -> float:
-    """forward + backward + Adam on tensors already on the device; ``input_size`` is (width, height).
-    ``autocast`` defaults to bf16 on CUDA and none on the CPU, as the runner's defaults."""
+    compile: bool = False,
+) -> Callable[[], int]:
+    """One forward + backward + Adam on tensors already on the device, as a callable that returns
+    the samples it did; ``input_size`` is (width, height). ``autocast`` defaults to bf16 on CUDA and
+    none on the CPU, as the runner's defaults; ``compile`` wraps the forward in torch.compile as
+    ``run.compile`` does (the first calls pay the compilation)."""
     # channels_last on CPU too, as the runner's default (run.channels_last): oneDNN's convolutions prefer it
     model = build_model(model_name, 17).to(device).to(memory_format=torch.channels_last)
+    net = torch.compile(model) if compile else model
     cuda = device.type == "cuda"
     dtype = autocast if autocast is not None else (torch.bfloat16 if cuda else None)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -170,23 +174,39 @@ def step_throughput(
 
     def step() -> int:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = model(x)
+            out = net(x)
         loss = heatmap_loss(out, target, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         return batch
 
-    for _ in range(2):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
+    return step
+
+
+def timed_rate(step: Callable[[], int], duration: float) -> float:
+    """Samples/s of ``step`` called for ``duration`` seconds."""
     samples, start = 0, time.perf_counter()
     while time.perf_counter() - start < duration:
         samples += step()
-        if cuda:
-            torch.cuda.synchronize()
     return samples / (time.perf_counter() - start)
+
+
+def step_throughput(
+    model_name: str,
+    batch: int,
+    device: torch.device,
+    duration: float,
+    input_size: tuple[int, int] = (256, 256),
+    autocast: torch.dtype | None = None,
+) -> float:
+    """Samples/s of ``training_step`` after two warm-up steps."""
+    step = training_step(model_name, batch, device, input_size, autocast)
+    for _ in range(2):
+        step()
+    return timed_rate(step, duration)
 
 
 def end_to_end(root: Path, model: str, batch: int, workers: int, device: str, steps: int, threads: int) -> float:

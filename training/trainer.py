@@ -95,7 +95,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         if cfg.run.compile:
-            self.net = torch.compile(self.net)
+            # Static shapes: every batch is full but each epoch's last, which gets a graph of its own
+            # instead of turning the full batches' graph into a slower dynamic-shape one.
+            self.net = torch.compile(self.net, dynamic=False)
 
     # ------------------------------------------------------------------ checkpoints
 
