@@ -155,15 +155,15 @@ def training_step(
     device: torch.device,
     input_size: tuple[int, int] = (256, 256),
     autocast: torch.dtype | None = None,
-    compile: bool = False,
+    compiled: bool = False,
 ) -> Callable[[], int]:
     """One forward + backward + Adam on tensors already on the device, as a callable that returns
     the samples it did; ``input_size`` is (width, height). ``autocast`` defaults to bf16 on CUDA and
-    none on the CPU, as the runner's defaults; ``compile`` wraps the forward in torch.compile as
+    none on the CPU, as the runner's defaults; ``compiled`` wraps the forward in torch.compile as
     ``run.compile`` does (the first calls pay the compilation)."""
     # channels_last on CPU too, as the runner's default (run.channels_last): oneDNN's convolutions prefer it
     model = build_model(model_name, 17).to(device).to(memory_format=torch.channels_last)
-    net = torch.compile(model) if compile else model
+    net = torch.compile(model) if compiled else model
     cuda = device.type == "cuda"
     dtype = autocast if autocast is not None else (torch.bfloat16 if cuda else None)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -95,8 +95,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         if cfg.run.compile:
-            # Static shapes: every batch is full but each epoch's last, which gets a graph of its own
-            # instead of turning the full batches' graph into a slower dynamic-shape one.
+            # Static shapes: each epoch's last, smaller batch gets a graph of its own, rather than
+            # dynamo recompiling the full batches' graph with a symbolic batch size.
             self.net = torch.compile(self.net, dynamic=False)
 
     # ------------------------------------------------------------------ checkpoints
