@@ -19,7 +19,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from report import machine, write_section  # noqa: E402  (bench/ is on sys.path)
-from train_speed import timed_rate, training_step  # noqa: E402
+from train_speed import timed_rate, training_step, warm_up  # noqa: E402
 
 from model.runtime import cpu_has_bf16  # noqa: E402
 
@@ -63,10 +62,7 @@ def main() -> None:
         steps, warmup = {}, {}
         for name, (dtype, compiled) in variants.items():
             steps[name] = training_step(args.model, args.batch, cpu, (w, h), dtype, compiled)
-            start = time.perf_counter()
-            for _ in range(2):
-                steps[name]()
-            warmup[name] = time.perf_counter() - start
+            warmup[name] = warm_up(steps[name])
         rates: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.rounds):
             for name, step in steps.items():

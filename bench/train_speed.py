@@ -186,6 +186,14 @@ def training_step(
     return step
 
 
+def warm_up(step: Callable[[], int], steps: int = 2) -> float:
+    """Seconds that ``steps`` first calls of ``step`` take (for torch.compile, its compilation)."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - start
+
+
 def timed_rate(step: Callable[[], int], duration: float) -> float:
     """Samples/s of ``step`` called for ``duration`` seconds."""
     samples, start = 0, time.perf_counter()
@@ -204,8 +212,7 @@ def step_throughput(
 ) -> float:
     """Samples/s of ``training_step`` after two warm-up steps."""
     step = training_step(model_name, batch, device, input_size, autocast)
-    for _ in range(2):
-        step()
+    warm_up(step)
     return timed_rate(step, duration)
 
 
