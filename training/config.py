@@ -68,6 +68,9 @@ class DataConfig:
     teacher_heatmap_max_offset: float = 3.0  # heatmap px; a teacher peak farther from the label is left out (0: none)
     workers: int = 8  # per process
     pin_memory: bool = True
+    # Decode every training image once, into a file in the system's temporary folder that the loader
+    # workers map (training/image_cache.py): its size is the images' pixels (printed at the start).
+    cache_images: bool = False
 
 
 @dataclass

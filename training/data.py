@@ -100,6 +100,7 @@ def train_dataset(cfg: TrainConfig) -> TopDownDataset:
         occluders=occluders,
         teacher=teacher,
         keypoint_weights=d.keypoint_weights,
+        cache_images=d.cache_images,
     )
 
 

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from model.codec import HeatmapCodec, apply_affine, get_warp_matrix, invert_affine, normalize, warp_crop
+from model.codec import HeatmapCodec, apply_affine, get_warp_matrix, invert_affine, warp_crop
 from training.annotations import Instances
 from training.appearance import augment_appearance
 from training.config import AugmentConfig, ConfigError
 from training.distill import TeacherBlend
+from training.image_cache import ImageCache
 from training.occluders import OccluderBank, occlude
 from training.transforms import Crop, blank_beyond, compose, flip_matrix, frame_cut, random_crop
 
@@ -26,7 +27,9 @@ from training.transforms import Crop, blank_beyond, compose, flip_matrix, frame_
 class TopDownDataset(Dataset):
     """One sample per person instance.
 
-    Returns a dict: ``input`` (3, H, W) float32 normalised; ``target`` (K, h, w) and
+    Returns a dict: ``input`` (3, H, W) uint8 RGB, normalised by its consumer on the device
+    (:func:`model.codec.normalize`: a quarter of the bytes through the loader's shared memory and
+    the host-to-device copy, and no float arithmetic in the workers); ``target`` (K, h, w) and
     ``target_weight`` (K,) for training; ``inv_matrix`` (2, 3) input -> image; ``index``;
     ``valid`` (False when the image could not be read: the sample is all zeros then, and
     the runner counts it).
@@ -42,6 +45,7 @@ class TopDownDataset(Dataset):
         occluders: OccluderBank | None = None,
         teacher: TeacherBlend | None = None,
         keypoint_weights: tuple[float, ...] = (),
+        cache_images: bool = False,
     ):
         k = instances.keypoint_set.num_keypoints
         if keypoint_weights and len(keypoint_weights) != k:
@@ -60,6 +64,14 @@ class TopDownDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.flip_index = instances.keypoint_set.flip_index
+        # decoded once (data.cache_images): person i's image is row image_rows[i] of the cache
+        self.images: ImageCache | None = None
+        self.image_rows: np.ndarray | None = None
+        if cache_images:
+            paths = list(dict.fromkeys(instances.image_paths))
+            row_of = {path: row for row, path in enumerate(paths)}
+            self.image_rows = np.array([row_of[path] for path in instances.image_paths], dtype=np.int64)
+            self.images = ImageCache.shared(paths)
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -68,6 +80,8 @@ class TopDownDataset(Dataset):
         self.epoch = epoch
 
     def read_image(self, index: int) -> np.ndarray | None:
+        if self.images is not None:
+            return self.images[int(self.image_rows[index])]
         path = self.instances.image_paths[index]
         try:
             image = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -113,11 +127,11 @@ class TopDownDataset(Dataset):
                 if self.occluders is not None and aug.occluder_prob > 0 and rng.random() < aug.occluder_prob:
                     pixels = occlude(pixels, self.occluders, aug.occluder_size, rng)
                 pixels = augment_appearance(pixels, aug, rng)
-            pixels = torch.from_numpy(pixels).permute(2, 0, 1).float()
+            pixels = torch.from_numpy(pixels).permute(2, 0, 1)
         else:
-            pixels = torch.zeros(3, h, w)
+            pixels = torch.zeros(3, h, w, dtype=torch.uint8)
         sample = {
-            "input": normalize(pixels[None])[0] if valid else pixels,
+            "input": pixels,
             "inv_matrix": torch.from_numpy(invert_affine(warp)),
             "index": index,
             "valid": valid,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from model.codec import HeatmapCodec
+from model.codec import HeatmapCodec, normalize
 from model.topdown import decode_to_image, forward_heatmaps
 
 
@@ -31,7 +31,7 @@ def predict(
     indices, keypoints, scores, valid = [], [], [], []
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     for batch in loader:
-        inputs = batch["input"].to(device, non_blocking=True)
+        inputs = normalize(batch["input"].to(device, non_blocking=True).float())
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with amp:

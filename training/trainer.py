@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from model import build_model
+from model.codec import normalize
 from model.runtime import cpu_has_bf16
 from training import checkpoint as ckpt
 from training.config import TrainConfig, to_dict
@@ -223,6 +224,9 @@ class Trainer:
             f"{self.dist.world} process(es) on {self.device}, batch {self.batch_size}/process, "
             f"{self.iters_per_epoch} iterations/epoch"
         )
+        if self.train_set.images is not None:
+            cache = self.train_set.images
+            self.print(f"{len(cache)} training images decoded once into {cache.path} ({cache.nbytes / 2**30:.2f} GiB)")
         progress = TrainProgress(cfg.run, self.dist, self.device, self.stop, logger, total_steps, self.step)
         stopped = False
         if cfg.run.max_steps and self.step >= cfg.run.max_steps:
@@ -283,7 +287,7 @@ class Trainer:
         progress.begin_epoch(f"epoch {self.epoch + 1}/{cfg.optim.epochs}", self.iters_per_epoch, self.batch_in_epoch)
         amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         for batch in loader:
-            inputs = batch["input"].to(self.device, non_blocking=True)
+            inputs = normalize(batch["input"].to(self.device, non_blocking=True).float())
             if cfg.run.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             target = batch["target"].to(self.device, non_blocking=True)
