@@ -42,19 +42,22 @@ def measure(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from training.config import DataConfig, load_config
+    from training.config import DataConfig, apply_overrides, config_from_dict, read_recipe
     from training.data import EpochSampler, data_loader, train_dataset
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    raw = read_recipe(args.recipe)
     variants = {"decode": []}
     if "cache_images" in DataConfig.__dataclass_fields__:
-        variants["cached"] = ["data.cache_images=true"]
+        variants = {"decode": ["data.cache_images=false"], "cached": ["data.cache_images=true"]}
+    else:  # code from before the key: the recipe's own setting cannot apply
+        raw["data"].pop("cache_images", None)
     out: dict = {}
     for w, h in args.sizes:
         base = [f"data.root={args.root}", f"model.input_size=[{w},{h}]", f"data.workers={args.workers}"]
         for name, extra in variants.items():
-            cfg = load_config(args.recipe, base + extra)
+            cfg = config_from_dict(apply_overrides({"name": args.recipe.stem, **raw}, base + extra))
             dataset = train_dataset(cfg)
             keys = np.random.default_rng(0).choice(len(dataset), args.samples, replace=False)
             dataset[(0, int(keys[0]))]  # first-use costs (a cache's mapping) out of the timing
