@@ -27,12 +27,9 @@ import time
 from datetime import date
 from pathlib import Path
 
+from report import machine, parse_size, write_section  # bench/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    w, h = text.lower().split("x")
-    return int(w), int(h)
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -74,7 +71,7 @@ def measure(args: argparse.Namespace) -> dict:
             rate = count / (time.perf_counter() - start)
             del it, loader, dataset
             key = f"{w}x{h}/{name}"
-            out[key] = {"ms": ms, "loader": rate, "input_bytes": sample["input"].nbytes, "people": len(keys)}
+            out[key] = {"ms": ms, "loader": rate, "input_bytes": sample["input"].nbytes}
             print(f"{args.code.name} {key}: {ms:.2f} ms/sample, loader {rate:.0f} samples/s", file=sys.stderr)
     return out
 
@@ -99,8 +96,6 @@ def main() -> None:
     if args.round:
         print(json.dumps(measure(args)))
         return
-
-    from report import machine, write_section  # bench/ is on sys.path when run as a script
 
     checkouts = {"this checkout": args.code}
     if args.baseline:

@@ -28,6 +28,12 @@ def machine() -> str:
     return text
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` (an ``--sizes`` argument) -> (width, height)."""
+    w, h = text.lower().split("x")
+    return int(w), int(h)
+
+
 def write_section(path: Path, key: str, body: str) -> None:
     """Replace the text between ``<!-- key:begin -->`` and ``<!-- key:end -->``, or append it."""
     begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"

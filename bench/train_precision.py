@@ -27,15 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from report import machine, write_section  # noqa: E402  (bench/ is on sys.path)
+from report import machine, parse_size, write_section  # noqa: E402  (bench/ is on sys.path)
 from train_speed import timed_rate, training_step, warm_up  # noqa: E402
 
 from model.runtime import cpu_has_bf16  # noqa: E402
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    w, h = text.lower().split("x")
-    return int(w), int(h)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from model.codec import normalize
 from training.annotations import (
     DatasetError,
     Instances,
@@ -142,6 +143,13 @@ class EpochSampler:
 
     def __len__(self) -> int:
         return len(self.sampler) - self.start
+
+
+def network_inputs(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A batch's ``input`` (N, 3, H, W) uint8 as the loader hands it over -> normalised float32 on
+    ``device``: copied as bytes, converted and normalised there."""
+    inputs = normalize(images.to(device, non_blocking=True).float())
+    return inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs
 
 
 def _worker_init(_: int) -> None:

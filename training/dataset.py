@@ -28,7 +28,7 @@ class TopDownDataset(Dataset):
     """One sample per person instance.
 
     Returns a dict: ``input`` (3, H, W) uint8 RGB, normalised by its consumer on the device
-    (:func:`model.codec.normalize`: a quarter of the bytes through the loader's shared memory and
+    (:func:`training.data.network_inputs`: a quarter of the bytes through the loader's shared memory and
     the host-to-device copy, and no float arithmetic in the workers); ``target`` (K, h, w) and
     ``target_weight`` (K,) for training; ``inv_matrix`` (2, 3) input -> image; ``index``;
     ``valid`` (False when the image could not be read: the sample is all zeros then, and

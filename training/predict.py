@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from model.codec import HeatmapCodec, normalize
+from model.codec import HeatmapCodec
 from model.topdown import decode_to_image, forward_heatmaps
+from training.data import network_inputs
 
 
 @torch.no_grad()
@@ -31,9 +32,7 @@ def predict(
     indices, keypoints, scores, valid = [], [], [], []
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     for batch in loader:
-        inputs = normalize(batch["input"].to(device, non_blocking=True).float())
-        if channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs = network_inputs(batch["input"], device, channels_last)
         with amp:
             heatmaps = forward_heatmaps(lambda x: model(x).float(), inputs, codec, flip_index)
         kps, conf = decode_to_image(codec, heatmaps, batch["inv_matrix"].to(device))

@@ -19,11 +19,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from model import build_model
-from model.codec import normalize
 from model.runtime import cpu_has_bf16
 from training import checkpoint as ckpt
 from training.config import TrainConfig, to_dict
-from training.data import EpochSampler, data_loader, train_dataset, val_dataset
+from training.data import EpochSampler, data_loader, network_inputs, train_dataset, val_dataset
 from training.distributed import autocast_dtype, init_distributed, pick_device, seed_everything
 from training.ema import ModelEma
 from training.evaluation import PRIMARY_METRIC, evaluate
@@ -287,9 +286,7 @@ class Trainer:
         progress.begin_epoch(f"epoch {self.epoch + 1}/{cfg.optim.epochs}", self.iters_per_epoch, self.batch_in_epoch)
         amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         for batch in loader:
-            inputs = normalize(batch["input"].to(self.device, non_blocking=True).float())
-            if cfg.run.channels_last:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            inputs = network_inputs(batch["input"], self.device, cfg.run.channels_last)
             target = batch["target"].to(self.device, non_blocking=True)
             weight = batch["target_weight"].to(self.device, non_blocking=True)
             if not bool(batch["valid"].all()):
